@@ -1,0 +1,1 @@
+//! The Matrix side: appservice, portals and ghosts, and the XMPP ⇄ Matrix mapping.

@@ -1,0 +1,1 @@
+//! The bridge's persistent state: linked users, encrypted tokens, ghosts, portals, outbox.
