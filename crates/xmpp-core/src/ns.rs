@@ -1,0 +1,32 @@
+//! Namespace URIs used by the protocols this crate speaks.
+
+/// RFC 6120 client stream content.
+pub const CLIENT: &str = "jabber:client";
+/// RFC 6120 stream wrapper.
+pub const STREAM: &str = "http://etherx.jabber.org/streams";
+/// The `xml:` prefix.
+pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// RFC 6120 §5 STARTTLS.
+pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+/// RFC 6120 §6 SASL.
+pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+/// RFC 6120 §7 resource binding.
+pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+/// RFC 3921 session establishment (optional in RFC 6121).
+pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+/// RFC 6120 §4.9 stream errors.
+pub const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// RFC 6120 §8.3 stanza errors.
+pub const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// RFC 6121 §2 roster.
+pub const ROSTER: &str = "jabber:iq:roster";
+/// XEP-0085 chat state notifications.
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+/// XEP-0203 delayed delivery.
+pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0054 vcard-temp.
+pub const VCARD: &str = "vcard-temp";
+/// XEP-0199 XMPP ping.
+pub const PING: &str = "urn:xmpp:ping";
+/// XEP-0172 user nickname.
+pub const NICK: &str = "http://jabber.org/protocol/nick";
