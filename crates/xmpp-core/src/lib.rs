@@ -10,6 +10,7 @@
 
 pub mod jid;
 pub mod ns;
+pub mod stanza;
 pub mod xml;
 
 pub use jid::Jid;

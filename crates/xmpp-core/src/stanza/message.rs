@@ -1,0 +1,218 @@
+//! `<message/>` stanzas (RFC 6121 §5) with the payloads the bridge maps: body, XEP-0085 chat
+//! state, XEP-0203 delay, and errors.
+//!
+//! ```xml
+//! <message from='bob@x/phone' to='alice@x' type='chat' id='m1'>
+//!   <body>hi</body><active xmlns='http://jabber.org/protocol/chatstates'/>
+//! </message>
+//! ```
+
+use super::{ChatState, Delay, ParseError, StanzaError, jid_attr};
+use crate::jid::Jid;
+use crate::ns;
+use crate::xml::Element;
+
+/// RFC 6121 §5.2.2 message types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    /// One-to-one chat: the only type the Messenger profile routes.
+    Chat,
+    /// An error reply to a message we sent.
+    Error,
+    /// Multi-user chat.
+    Groupchat,
+    /// An alert or notice.
+    Headline,
+    /// A standalone message (the default when `type` is absent).
+    Normal,
+}
+
+impl MessageType {
+    fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("chat") => Self::Chat,
+            Some("error") => Self::Error,
+            Some("groupchat") => Self::Groupchat,
+            Some("headline") => Self::Headline,
+            // RFC 6121 §5.2.2: absent or unknown is treated as normal.
+            _ => Self::Normal,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Error => "error",
+            Self::Groupchat => "groupchat",
+            Self::Headline => "headline",
+            Self::Normal => "normal",
+        }
+    }
+}
+
+/// A message stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Stanza id (used to map to Matrix events and to match error replies).
+    pub id: Option<String>,
+    /// Sender.
+    pub from: Option<Jid>,
+    /// Recipient.
+    pub to: Option<Jid>,
+    /// `type`.
+    pub kind: MessageType,
+    /// `<body/>` text (the one without `xml:lang`, or the first).
+    pub body: Option<String>,
+    /// `<thread/>`.
+    pub thread: Option<String>,
+    /// XEP-0085 chat state.
+    pub chat_state: Option<ChatState>,
+    /// XEP-0203 original send time.
+    pub delay: Option<Delay>,
+    /// The error, for `type='error'`.
+    pub error: Option<StanzaError>,
+}
+
+impl Message {
+    /// A `type='chat'` message with a body.
+    pub fn chat(to: Jid, body: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            from: None,
+            to: Some(to),
+            kind: MessageType::Chat,
+            body: Some(body.into()),
+            thread: None,
+            chat_state: None,
+            delay: None,
+            error: None,
+        }
+    }
+
+    /// A `type='chat'` message carrying only a chat state (XEP-0085 §5.5: no body).
+    pub fn chat_state(to: Jid, state: ChatState) -> Self {
+        Self {
+            body: None,
+            chat_state: Some(state),
+            ..Self::chat(to, "")
+        }
+    }
+
+    /// Parses a `<message/>`.
+    pub fn from_element(el: &Element) -> Result<Self, ParseError> {
+        if !el.is("message", ns::CLIENT) {
+            return Err(ParseError::new(
+                "message",
+                format!("not a message: <{}>", el.name()),
+            ));
+        }
+        let kind = MessageType::parse(el.attr("type"));
+        let bodies = || el.children().filter(|c| c.is("body", ns::CLIENT));
+        let body = bodies()
+            .find(|b| b.attr("xml:lang").is_none())
+            .or_else(|| bodies().next())
+            .map(Element::text);
+        Ok(Self {
+            id: el.attr("id").map(str::to_owned),
+            from: jid_attr(el, "from", "message")?,
+            to: jid_attr(el, "to", "message")?,
+            kind,
+            body,
+            thread: el.child_text("thread", ns::CLIENT),
+            chat_state: ChatState::from_children(el),
+            delay: Delay::from_children(el)?,
+            error: if kind == MessageType::Error {
+                StanzaError::from_children(el)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Serializes to a `<message/>` element.
+    pub fn to_element(&self) -> Element {
+        let mut el = Element::new("message", ns::CLIENT)
+            .with_attr("type", self.kind.as_str())
+            .with_opt_attr("id", self.id.clone())
+            .with_opt_attr("from", self.from.as_ref().map(Jid::to_string))
+            .with_opt_attr("to", self.to.as_ref().map(Jid::to_string));
+        if let Some(b) = &self.body {
+            el.push_child(Element::new("body", ns::CLIENT).with_text(b.clone()));
+        }
+        if let Some(t) = &self.thread {
+            el.push_child(Element::new("thread", ns::CLIENT).with_text(t.clone()));
+        }
+        if let Some(s) = self.chat_state {
+            el.push_child(s.to_element());
+        }
+        if let Some(d) = &self.delay {
+            el.push_child(d.to_element());
+        }
+        if let Some(e) = &self.error {
+            el.push_child(e.to_element());
+        }
+        el
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::stream::parse_element;
+
+    #[test]
+    fn parses_chat_with_state_and_delay() {
+        let el = parse_element(
+            "<message from='Bob@x/phone' to='alice@x' type='chat' id='m1'>\
+             <body xml:lang='de'>hallo</body><body>hello</body>\
+             <composing xmlns='http://jabber.org/protocol/chatstates'/>\
+             <delay xmlns='urn:xmpp:delay' stamp='2024-01-01T00:00:00Z'/></message>",
+            ns::CLIENT,
+        )
+        .unwrap();
+        let m = Message::from_element(&el).unwrap();
+        assert_eq!(m.kind, MessageType::Chat);
+        assert_eq!(m.body.as_deref(), Some("hello"));
+        assert_eq!(m.from.unwrap().to_string(), "bob@x/phone");
+        assert_eq!(m.chat_state, Some(ChatState::Composing));
+        assert_eq!(m.delay.unwrap().unix_millis(), 1_704_067_200_000);
+    }
+
+    #[test]
+    fn serializes_exactly() {
+        let mut m = Message::chat(Jid::parse("bob@x").unwrap(), "a&b");
+        m.id = Some("i1".into());
+        m.chat_state = Some(ChatState::Active);
+        assert_eq!(
+            m.to_element().to_xml(),
+            "<message type='chat' id='i1' to='bob@x'><body>a&amp;b</body>\
+             <active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        );
+        let back =
+            Message::from_element(&parse_element(&m.to_element().to_xml(), ns::CLIENT).unwrap())
+                .unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn missing_type_is_normal_and_error_is_parsed() {
+        let el = parse_element("<message from='b@x'><body>x</body></message>", ns::CLIENT).unwrap();
+        assert_eq!(
+            Message::from_element(&el).unwrap().kind,
+            MessageType::Normal
+        );
+        let el = parse_element(
+            "<message type='error' id='m9'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+            ns::CLIENT,
+        )
+        .unwrap();
+        let m = Message::from_element(&el).unwrap();
+        assert_eq!(m.error.unwrap().condition, "service-unavailable");
+    }
+
+    #[test]
+    fn invalid_jid_is_an_error() {
+        let el = parse_element("<message from='@x'/>", ns::CLIENT).unwrap();
+        assert!(Message::from_element(&el).is_err());
+    }
+}
