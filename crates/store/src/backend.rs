@@ -1,0 +1,316 @@
+//! Backend plumbing: the pool enum, connecting with retries, the migration guard, row access.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use std::sync::LazyLock;
+
+use sqlx::SqlSafeStr as _;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Connection as _, Row as _};
+
+use crate::StoreConfig;
+use crate::database_url::DatabaseUrl;
+use crate::error::{Error, QueryContext as _, Result};
+
+/// The schema migrations, embedded at build time. Every file in `migrations/<backend>/` must be
+/// listed here (a unit test checks); the version is the file's numeric prefix.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../../migrations/sqlite/0001_initial.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../../migrations/postgres/0001_initial.sql"),
+)];
+
+fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+static SQLITE_MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| migrator(SQLITE_MIGRATIONS));
+static POSTGRES_MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| migrator(POSTGRES_MIGRATIONS));
+
+/// The pool underneath a [`crate::Store`].
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code against whichever pool the store has. Inside `$body`, `$pool` is a
+/// `&SqlitePool` or a `&PgPool`; the code is compiled once per backend.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::backend::Backend::Sqlite($pool) => $body,
+            $crate::backend::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// What differs per backend beyond portable SQL.
+pub(crate) trait PoolExt {
+    type Db: sqlx::Database;
+    /// Starts a write transaction. SQLite: `BEGIN IMMEDIATE` so the write lock is taken up
+    /// front (a deferred transaction that reads then writes can fail with SQLITE_BUSY).
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>>;
+    /// The outbox claim statement.
+    fn claim_sql(&self) -> &'static str;
+}
+
+impl PoolExt for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("begin a write transaction")
+    }
+    fn claim_sql(&self) -> &'static str {
+        crate::outbox::CLAIM_SQLITE
+    }
+}
+
+impl PoolExt for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.begin().await.ctx("begin a write transaction")
+    }
+    fn claim_sql(&self) -> &'static str {
+        crate::outbox::CLAIM_POSTGRES
+    }
+}
+
+/// Typed column access shared by both row types.
+pub(crate) trait RowExt {
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
+}
+
+macro_rules! impl_row_ext {
+    ($row:ty) => {
+        impl RowExt for $row {
+            fn text(&self, col: &str) -> Result<String> {
+                self.try_get(col).ctx("read a text column")
+            }
+            fn opt_text(&self, col: &str) -> Result<Option<String>> {
+                self.try_get(col).ctx("read a text column")
+            }
+            fn int(&self, col: &str) -> Result<i64> {
+                self.try_get(col).ctx("read an integer column")
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+                self.try_get(col).ctx("read an integer column")
+            }
+            fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+                self.try_get(col).ctx("read a bytes column")
+            }
+        }
+    };
+}
+impl_row_ext!(SqliteRow);
+impl_row_ext!(PgRow);
+
+/// Connects to the database, retrying with exponential backoff.
+pub(crate) async fn connect(url: &DatabaseUrl, config: &StoreConfig) -> Result<Backend> {
+    let redacted = url.redacted();
+    match url {
+        DatabaseUrl::Sqlite { path } => {
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a committed outbox entry survives power loss, not just a crash.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            retry(config, &redacted, || async {
+                sqlx::SqliteConnection::connect_with(&opts)
+                    .await?
+                    .close()
+                    .await
+            })
+            .await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.max_connections.clamp(1, 4))
+                .connect_with(opts)
+                .await
+                .map_err(|source| unreachable(&redacted, 1, source))?;
+            Ok(Backend::Sqlite(pool))
+        }
+        DatabaseUrl::Postgres { url: raw } => {
+            let opts = PgConnectOptions::from_str(raw).map_err(|e| Error::InvalidUrl {
+                url: redacted.clone(),
+                reason: e.to_string(),
+            })?;
+            retry(config, &redacted, || async {
+                sqlx::PgConnection::connect_with(&opts).await?.close().await
+            })
+            .await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(config.max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await
+                .map_err(|source| unreachable(&redacted, 1, source))?;
+            Ok(Backend::Postgres(pool))
+        }
+    }
+}
+
+fn unreachable(url: &str, attempts: u32, source: sqlx::Error) -> Error {
+    Error::Unreachable {
+        url: url.to_owned(),
+        attempts,
+        source,
+    }
+}
+
+async fn retry<F, Fut>(config: &StoreConfig, url: &str, mut attempt: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<(), sqlx::Error>>,
+{
+    let attempts = config.connect_attempts.max(1);
+    let mut delay = config.connect_backoff;
+    for n in 1..=attempts {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(source) if n == attempts => return Err(unreachable(url, n, source)),
+            Err(e) => {
+                tracing::warn!(
+                    database = url, attempt = n, of = attempts, retry_in = ?delay,
+                    "database unreachable: {e}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(config.connect_backoff_max);
+            }
+        }
+    }
+    Ok(())
+}
+
+const SQLITE_HAS_MIGRATIONS_TABLE: &str =
+    "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+const POSTGRES_HAS_MIGRATIONS_TABLE: &str =
+    "SELECT COUNT(*) AS n FROM (SELECT to_regclass('_sqlx_migrations') AS t) r WHERE t IS NOT NULL";
+const APPLIED_VERSIONS: &str = "SELECT version FROM _sqlx_migrations ORDER BY version";
+
+impl Backend {
+    /// Refuses a database from a newer bridge, then applies pending migrations.
+    pub(crate) async fn migrate(&self, url: &DatabaseUrl) -> Result<()> {
+        let (migrator, applied) = match self {
+            Self::Sqlite(pool) => (
+                &*SQLITE_MIGRATOR,
+                applied_versions(pool, SQLITE_HAS_MIGRATIONS_TABLE).await?,
+            ),
+            Self::Postgres(pool) => (
+                &*POSTGRES_MIGRATOR,
+                applied_versions(pool, POSTGRES_HAS_MIGRATIONS_TABLE).await?,
+            ),
+        };
+        if let Some(&unknown) = applied.iter().find(|v| !migrator.version_exists(**v)) {
+            let newest_known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+            return Err(Error::DatabaseTooNew {
+                url: url.redacted(),
+                unknown_version: unknown,
+                newest_known,
+            });
+        }
+        let result = match self {
+            Self::Sqlite(pool) => migrator.run(pool).await,
+            Self::Postgres(pool) => migrator.run(pool).await,
+        };
+        result.map_err(|source| Error::Migrate {
+            url: url.redacted(),
+            source,
+        })
+    }
+}
+
+async fn applied_versions<P>(pool: &P, has_table_sql: &'static str) -> Result<Vec<i64>>
+where
+    P: AppliedVersions,
+{
+    pool.applied_versions(has_table_sql).await
+}
+
+trait AppliedVersions {
+    async fn applied_versions(&self, has_table_sql: &'static str) -> Result<Vec<i64>>;
+}
+
+macro_rules! impl_applied_versions {
+    ($pool:ty) => {
+        impl AppliedVersions for $pool {
+            async fn applied_versions(&self, has_table_sql: &'static str) -> Result<Vec<i64>> {
+                const OP: &str = "read the applied schema migrations";
+                let n: i64 = sqlx::query(has_table_sql)
+                    .fetch_one(self)
+                    .await
+                    .ctx(OP)?
+                    .int("n")?;
+                if n == 0 {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(APPLIED_VERSIONS)
+                    .fetch_all(self)
+                    .await
+                    .ctx(OP)?;
+                rows.iter().map(|r| r.int("version")).collect()
+            }
+        }
+    };
+}
+impl_applied_versions!(SqlitePool);
+impl_applied_versions!(PgPool);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (dir, embedded) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let path = format!("{}/../../migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let mut on_disk: Vec<i64> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".sql"))
+                .map(|n| n.split('_').next().unwrap().parse().unwrap())
+                .collect();
+            on_disk.sort_unstable();
+            let listed: Vec<i64> = embedded.iter().map(|m| m.0).collect();
+            assert_eq!(
+                on_disk, listed,
+                "migrations/{dir} and the embedded list differ"
+            );
+        }
+    }
+}
