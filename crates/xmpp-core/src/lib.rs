@@ -9,8 +9,12 @@
 //! - [`manager`]: many sessions, paced connects, reconnects with backoff and jitter.
 
 pub mod jid;
+pub mod negotiation;
 pub mod ns;
+pub mod profile;
+pub mod sasl;
 pub mod stanza;
 pub mod xml;
 
 pub use jid::Jid;
+pub use profile::ServerProfile;
