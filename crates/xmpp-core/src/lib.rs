@@ -8,11 +8,14 @@
 //! - [`connection`] and [`session`]: the thin I/O layer (TCP, TLS, reader and writer tasks);
 //! - [`manager`]: many sessions, paced connects, reconnects with backoff and jitter.
 
+pub mod connection;
 pub mod jid;
+pub mod manager;
 pub mod negotiation;
 pub mod ns;
 pub mod profile;
 pub mod sasl;
+pub mod session;
 pub mod stanza;
 pub mod xml;
 

@@ -1,0 +1,542 @@
+//! The session manager: one supervised XMPP session per linked account.
+//!
+//! Each account gets a supervisor task that connects (with bounded concurrency, so a restart
+//! with thousands of accounts does not stampede the server), reads the roster, sends the
+//! account's presence, and reconnects with exponential backoff and full jitter when the link
+//! drops. A rejected OAuth token is refreshed once through the [`CredentialSource`]; if the
+//! fresh token is rejected too, the account goes to [`ConnectionState::BadCredentials`] and the
+//! supervisor stops — it never loops on bad credentials. Sessions are independent: one bad
+//! stream never touches another account.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::connection::{self, ConnectionConfig, FailureKind};
+use crate::jid::Jid;
+use crate::negotiation::NegotiationConfig;
+use crate::profile::ServerProfile;
+use crate::sasl::{AuthIdentity, Credentials};
+use crate::session::{self, IqError, SessionEnd, SessionEvent, SessionHandle, SessionTimers};
+use crate::stanza::{Iq, Message, Presence, RosterItem, VCard, vcard};
+use crate::xml::Element;
+
+/// A boxed future, for the object-safe [`CredentialSource`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the manager gets secrets. The bridge implements it over its store and OAuth client.
+pub trait CredentialSource: Send + Sync + 'static {
+    /// The credentials to log in with now (refreshing an access token that is about to expire
+    /// is the source's job). `Err` carries a message for the user.
+    fn credentials<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<Credentials, String>>;
+
+    /// The server rejected the last credentials: return fresh ones (refresh the token), or
+    /// `Err` with a message for the user when that is impossible.
+    fn rejected<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<Credentials, String>>;
+}
+
+/// Everything needed to log one account in.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    /// An opaque key for the account (the bridge uses the Matrix user id). Appears in logs.
+    pub account: String,
+    /// The server profile.
+    pub profile: ServerProfile,
+    /// Where to connect.
+    pub connection: ConnectionConfig,
+    /// The account's JID when known (required for password logins; Messenger assigns it).
+    pub jid: Option<Jid>,
+    /// The resource to ask for.
+    pub resource: Option<String>,
+}
+
+/// The connection state of one account, as the user should see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Connecting or logging in.
+    Connecting,
+    /// Logged in.
+    Connected {
+        /// The JID the server bound.
+        jid: Jid,
+    },
+    /// Lost or failed to connect; retrying by itself.
+    TransientDisconnect {
+        /// What went wrong.
+        reason: String,
+        /// When the next attempt starts.
+        retry_in: Duration,
+    },
+    /// The server refused the credentials and a refresh did not help: the user must log in
+    /// again. The manager has stopped trying.
+    BadCredentials {
+        /// What the server or the credential source said.
+        reason: String,
+    },
+    /// A configuration problem retrying cannot fix (no usable mechanism, no TLS).
+    Failed {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Stopped on request.
+    LoggedOut,
+}
+
+/// What happened, for which account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountEvent {
+    /// The account's key.
+    pub account: String,
+    /// What happened.
+    pub event: ManagerEvent,
+}
+
+/// The events the manager publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManagerEvent {
+    /// The connection state changed.
+    State(ConnectionState),
+    /// The full roster, read after each login.
+    Roster(Vec<RosterItem>),
+    /// A stanza-level event from the session.
+    Session(SessionEvent),
+}
+
+/// Tuning for the manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// TLS client configuration shared by all sessions.
+    pub tls: Arc<ClientConfig>,
+    /// How many accounts may be connecting at the same time.
+    pub max_concurrent_connects: usize,
+    /// First reconnect delay.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Session timers.
+    pub timers: SessionTimers,
+    /// Capacity of the event channel (backpressure beyond it).
+    pub event_capacity: usize,
+}
+
+impl ManagerConfig {
+    /// Defaults with the given TLS configuration.
+    pub fn new(tls: Arc<ClientConfig>) -> Self {
+        Self {
+            tls,
+            max_concurrent_connects: 8,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            timers: SessionTimers::default(),
+            event_capacity: 1024,
+        }
+    }
+}
+
+struct Entry {
+    handle: Option<SessionHandle>,
+    presence: Presence,
+    stop: watch::Sender<bool>,
+    generation: u64,
+}
+
+struct Inner {
+    config: ManagerConfig,
+    accounts: Mutex<HashMap<String, Entry>>,
+    events: mpsc::Sender<AccountEvent>,
+    permits: Semaphore,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// Owns all sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManager").finish_non_exhaustive()
+    }
+}
+
+impl SessionManager {
+    /// A manager and the receiver of its events.
+    pub fn new(config: ManagerConfig) -> (Self, mpsc::Receiver<AccountEvent>) {
+        let (tx, rx) = mpsc::channel(config.event_capacity);
+        let permits = Semaphore::new(config.max_concurrent_connects.max(1));
+        let inner = Inner {
+            config,
+            accounts: Mutex::new(HashMap::new()),
+            events: tx,
+            permits,
+            generation: std::sync::atomic::AtomicU64::new(0),
+        };
+        (
+            Self {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    fn accounts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock would be a bug elsewhere; keep serving.
+        self.inner
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts (or restarts) the supervised session of an account.
+    pub fn start(&self, account: AccountConfig, credentials: Arc<dyn CredentialSource>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let generation = self
+            .inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut accounts = self.accounts();
+            let presence = match accounts.remove(&account.account) {
+                Some(old) => {
+                    let _ = old.stop.send(true);
+                    old.presence
+                }
+                None => Presence::available(None, None),
+            };
+            accounts.insert(
+                account.account.clone(),
+                Entry {
+                    handle: None,
+                    presence,
+                    stop: stop_tx,
+                    generation,
+                },
+            );
+        }
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let key = account.account.clone();
+            manager
+                .supervise(account, credentials, stop_rx, generation)
+                .await;
+            manager.clear_handle(&key, generation);
+        });
+    }
+
+    /// Stops an account's session cleanly (`</stream:stream>`); no reconnect follows.
+    pub async fn stop(&self, account: &str) {
+        let entry = self.accounts().remove(account);
+        if let Some(entry) = entry {
+            let _ = entry.stop.send(true);
+            if let Some(h) = entry.handle {
+                h.close().await;
+            }
+        }
+    }
+
+    /// Stops every session.
+    pub async fn shutdown(&self) {
+        let keys: Vec<String> = self.accounts().keys().cloned().collect();
+        for k in keys {
+            self.stop(&k).await;
+        }
+    }
+
+    /// The live session of an account, if connected.
+    pub fn session(&self, account: &str) -> Option<SessionHandle> {
+        self.accounts().get(account).and_then(|e| e.handle.clone())
+    }
+
+    fn clear_handle(&self, account: &str, generation: u64) {
+        if let Some(e) = self
+            .accounts()
+            .get_mut(account)
+            .filter(|e| e.generation == generation)
+        {
+            e.handle = None;
+        }
+    }
+
+    fn connected(&self, account: &str) -> Result<SessionHandle, IqError> {
+        self.session(account).ok_or(IqError::NotConnected)
+    }
+
+    /// Sends any stanza.
+    pub async fn send(&self, account: &str, stanza: &Element) -> Result<(), IqError> {
+        self.connected(account)?.send(stanza).await
+    }
+
+    /// Sends a message.
+    pub async fn send_message(&self, account: &str, message: &Message) -> Result<(), IqError> {
+        self.send(account, &message.to_element()).await
+    }
+
+    /// Sets the account's own presence: remembered, sent now if connected, and sent again after
+    /// every reconnect.
+    pub async fn set_presence(&self, account: &str, presence: Presence) -> Result<(), IqError> {
+        let handle = {
+            let mut accounts = self.accounts();
+            let entry = accounts.get_mut(account).ok_or(IqError::NotConnected)?;
+            entry.presence = presence.clone();
+            entry.handle.clone()
+        };
+        match handle {
+            Some(h) => h.send(&presence.to_element()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the roster.
+    pub async fn roster(&self, account: &str) -> Result<Vec<RosterItem>, IqError> {
+        self.connected(account)?.roster().await
+    }
+
+    /// Fetches a contact's vCard (XEP-0054). No vCard is an empty one.
+    pub async fn vcard(&self, account: &str, contact: &Jid) -> Result<VCard, IqError> {
+        let handle = self.connected(account)?;
+        let result = handle
+            .iq(Iq::get("", Some(contact.to_bare()), vcard::query()))
+            .await?;
+        match result.payload {
+            Some(p) => VCard::from_element(&p).map_err(|e| {
+                IqError::Error(crate::stanza::StanzaError {
+                    kind: "modify".into(),
+                    condition: "bad-request".into(),
+                    text: Some(e.to_string()),
+                })
+            }),
+            None => Ok(VCard::default()),
+        }
+    }
+
+    async fn emit(&self, account: &str, event: ManagerEvent) {
+        let _ = self
+            .inner
+            .events
+            .send(AccountEvent {
+                account: account.to_owned(),
+                event,
+            })
+            .await;
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let c = &self.inner.config;
+        let exp = c.backoff_initial.saturating_mul(1u32 << attempt.min(16));
+        let cap = exp.min(c.backoff_max);
+        // "Full jitter" between half and the whole delay: spreads a reconnect storm.
+        let half = cap / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    async fn supervise(
+        &self,
+        account: AccountConfig,
+        credentials: Arc<dyn CredentialSource>,
+        mut stop: watch::Receiver<bool>,
+        generation: u64,
+    ) {
+        let key = account.account.as_str();
+        let mut attempt: u32 = 0;
+        let mut fresh: Option<Credentials> = None;
+        let mut refreshed_once = false;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            self.emit(key, ManagerEvent::State(ConnectionState::Connecting))
+                .await;
+            let creds = match fresh.take() {
+                Some(c) => c,
+                None => match credentials.credentials(key).await {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        tracing::warn!(account = key, %reason, "no usable credentials");
+                        self.emit(
+                            key,
+                            ManagerEvent::State(ConnectionState::BadCredentials { reason }),
+                        )
+                        .await;
+                        return;
+                    }
+                },
+            };
+            let negotiation = NegotiationConfig {
+                domain: account.connection.domain.clone(),
+                profile: account.profile,
+                credentials: creds,
+                identity: AuthIdentity {
+                    username: account
+                        .jid
+                        .as_ref()
+                        .and_then(|j| j.local().map(str::to_owned)),
+                    bare_jid: account.jid.as_ref().map(|j| j.to_bare().to_string()),
+                },
+                resource: account.resource.clone(),
+            };
+            let attempt_result = {
+                let connect = async {
+                    let _permit = self.inner.permits.acquire().await;
+                    connection::establish(
+                        &account.connection,
+                        self.inner.config.tls.clone(),
+                        &negotiation,
+                    )
+                    .await
+                };
+                tokio::select! {
+                    r = connect => Some(r),
+                    _ = stop.changed() => None,
+                }
+            };
+            let Some(result) = attempt_result else { break };
+            match result {
+                Ok(established) => {
+                    attempt = 0;
+                    refreshed_once = false;
+                    let jid = established.negotiated.jid.clone();
+                    tracing::info!(account = key, %jid, peer = %format!("{}:{}", established.peer.0, established.peer.1), "XMPP session established");
+                    let (tx, mut rx) = mpsc::channel::<SessionEvent>(64);
+                    let (handle, mut join) =
+                        session::start(established, self.inner.config.timers, tx, key.to_owned());
+                    let presence = {
+                        let mut accounts = self.accounts();
+                        match accounts.get_mut(key) {
+                            Some(e) if e.generation == generation => {
+                                e.handle = Some(handle.clone());
+                                Some(e.presence.clone())
+                            }
+                            _ => None,
+                        }
+                    };
+                    let Some(presence) = presence else {
+                        // Replaced or stopped while we were logging in.
+                        handle.close().await;
+                        break;
+                    };
+                    self.emit(key, ManagerEvent::State(ConnectionState::Connected { jid }))
+                        .await;
+                    // RFC 6121 §2.2: roster first, then initial presence, so that presence pushes
+                    // arrive for contacts the bridge already knows.
+                    let after_login = async {
+                        match handle.roster().await {
+                            Ok(items) => self.emit(key, ManagerEvent::Roster(items)).await,
+                            Err(e) => {
+                                tracing::warn!(account = key, error = %e, "could not read the roster")
+                            }
+                        }
+                        let _ = handle.send(&presence.to_element()).await;
+                    };
+                    let mut after_login = std::pin::pin!(after_login);
+                    let mut login_done = false;
+                    let end = loop {
+                        tokio::select! {
+                            () = &mut after_login, if !login_done => login_done = true,
+                            ev = rx.recv() => match ev {
+                                Some(ev) => self.emit(key, ManagerEvent::Session(ev)).await,
+                                None => break (&mut join).await.unwrap_or(SessionEnd::Io("session task failed".into())),
+                            },
+                            _ = stop.changed() => {
+                                handle.close().await;
+                                let _ = tokio::time::timeout(Duration::from_secs(5), &mut join).await;
+                                break SessionEnd::Closed;
+                            }
+                        }
+                    };
+                    // Deliver what the session had already received before it ended.
+                    while let Ok(ev) = rx.try_recv() {
+                        self.emit(key, ManagerEvent::Session(ev)).await;
+                    }
+                    self.clear_handle(key, generation);
+                    if matches!(end, SessionEnd::Closed) {
+                        break;
+                    }
+                    tracing::warn!(account = key, reason = %end, "XMPP session lost; reconnecting");
+                    let delay = self.backoff(0);
+                    self.emit(
+                        key,
+                        ManagerEvent::State(ConnectionState::TransientDisconnect {
+                            reason: end.to_string(),
+                            retry_in: delay,
+                        }),
+                    )
+                    .await;
+                    if sleep_or_stop(delay, &mut stop).await {
+                        break;
+                    }
+                }
+                Err(e) => match e.kind() {
+                    FailureKind::CredentialsRejected if !refreshed_once => {
+                        refreshed_once = true;
+                        tracing::info!(account = key, error = %e, "credentials rejected; refreshing once");
+                        match credentials.rejected(key).await {
+                            Ok(c) => fresh = Some(c),
+                            Err(reason) => {
+                                self.emit(
+                                    key,
+                                    ManagerEvent::State(ConnectionState::BadCredentials { reason }),
+                                )
+                                .await;
+                                return;
+                            }
+                        }
+                    }
+                    FailureKind::CredentialsRejected => {
+                        tracing::warn!(account = key, error = %e, "credentials rejected again; the user must log in again");
+                        self.emit(
+                            key,
+                            ManagerEvent::State(ConnectionState::BadCredentials {
+                                reason: e.to_string(),
+                            }),
+                        )
+                        .await;
+                        return;
+                    }
+                    FailureKind::Permanent => {
+                        tracing::error!(account = key, error = %e, "cannot log in until the configuration changes");
+                        self.emit(
+                            key,
+                            ManagerEvent::State(ConnectionState::Failed {
+                                reason: e.to_string(),
+                            }),
+                        )
+                        .await;
+                        return;
+                    }
+                    FailureKind::Transient => {
+                        let delay = self.backoff(attempt);
+                        attempt = attempt.saturating_add(1);
+                        tracing::warn!(account = key, error = %e, retry_in = ?delay, "XMPP connection failed");
+                        self.emit(
+                            key,
+                            ManagerEvent::State(ConnectionState::TransientDisconnect {
+                                reason: e.to_string(),
+                                retry_in: delay,
+                            }),
+                        )
+                        .await;
+                        if sleep_or_stop(delay, &mut stop).await {
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        self.emit(key, ManagerEvent::State(ConnectionState::LoggedOut))
+            .await;
+    }
+}
+
+/// Sleeps; returns true when stopped meanwhile.
+async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
