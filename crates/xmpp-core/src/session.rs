@@ -104,7 +104,7 @@ pub enum IqError {
 pub(crate) enum Command {
     Send(String),
     Iq {
-        iq: Iq,
+        iq: Box<Iq>,
         reply: oneshot::Sender<Result<Iq, IqError>>,
     },
     Close,
@@ -138,7 +138,7 @@ impl SessionHandle {
         }
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Iq { iq, reply })
+            .send(Command::Iq { iq: Box::new(iq), reply })
             .await
             .map_err(|_| IqError::NotConnected)?;
         rx.await.map_err(|_| IqError::NotConnected)?
@@ -299,7 +299,7 @@ impl Driver {
                 cmd = commands.recv() => {
                     let result = match cmd {
                         Some(Command::Send(s)) => self.write_raw(&s).await,
-                        Some(Command::Iq { iq, reply }) => self.send_iq(iq, Some(reply)).await,
+                        Some(Command::Iq { iq, reply }) => self.send_iq(*iq, Some(reply)).await,
                         Some(Command::Close) | None => {
                             let _ = self.write_raw(xml::STREAM_CLOSE).await;
                             let _ = timeout(Duration::from_secs(2), self.write.shutdown()).await;
@@ -373,10 +373,8 @@ impl Driver {
             .map(|(k, _)| k.clone())
             .collect();
         for id in expired {
-            if let Some(p) = self.pending.remove(&id) {
-                if let Some(reply) = p.reply {
-                    let _ = reply.send(Err(IqError::Timeout(self.timers.iq_timeout)));
-                }
+            if let Some(reply) = self.pending.remove(&id).and_then(|p| p.reply) {
+                let _ = reply.send(Err(IqError::Timeout(self.timers.iq_timeout)));
             }
             if self.ping_outstanding.as_deref() == Some(id.as_str()) {
                 return Err(SessionEnd::KeepaliveTimeout(self.timers.iq_timeout));

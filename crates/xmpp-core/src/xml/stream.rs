@@ -291,7 +291,7 @@ impl StreamParser {
                         }
                         d => {
                             if !empty {
-                                if d >= self.limits.max_depth + 1 {
+                                if d > self.limits.max_depth {
                                     return Err(XmlError::TooDeep {
                                         limit: self.limits.max_depth,
                                     });
