@@ -25,8 +25,14 @@ async fn bench(label: &str, url: &str) {
     let started = Instant::now();
     for n in 0..ROUND_TRIPS {
         let q = format!("portal{}", n % 16);
-        store.enqueue(Direction::ToXmpp, &q, b"payload", None).await.unwrap();
-        let items = store.claim(Direction::ToXmpp, 1, Duration::from_secs(30)).await.unwrap();
+        store
+            .enqueue(Direction::ToXmpp, &q, b"payload", None)
+            .await
+            .unwrap();
+        let items = store
+            .claim(Direction::ToXmpp, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
         store.ack(&items[0]).await.unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
@@ -70,19 +76,29 @@ fn main() {
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("store-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        bench("sqlite", &format!("sqlite://{}", dir.join("bench.db").display())).await;
+        bench(
+            "sqlite",
+            &format!("sqlite://{}", dir.join("bench.db").display()),
+        )
+        .await;
         std::fs::remove_dir_all(&dir).unwrap();
 
         let base = std::env::var("TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let admin = sqlx::PgPool::connect(&base).await.expect("PostgreSQL for the benchmark");
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .expect("PostgreSQL for the benchmark");
         let schema = format!("store_bench_{}", std::process::id());
         sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
             .execute(&admin)
             .await
             .unwrap();
         let sep = if base.contains('?') { '&' } else { '?' };
-        bench("postgres", &format!("{base}{sep}options[search_path]={schema}")).await;
+        bench(
+            "postgres",
+            &format!("{base}{sep}options[search_path]={schema}"),
+        )
+        .await;
         sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&admin)
             .await
