@@ -2,7 +2,7 @@
 
 Used by the smoke test, and usable from other tests as a command:
 
-    $STACK_DIR/clients-venv/bin/python tests/stack/oauth_flow.py alice [--client messenger-bridge]
+    $STACK_DIR/clients-venv/bin/python tests/stack/oauth_flow.py alice [--client messenger-bridge] [--device]
 
 prints the token response (JSON) of an authorization-code flow with PKCE (RFC 7636) for the
 seeded account `alice` (password `alicepass`), scopes wl.messenger wl.offline_access wl.basic.
@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import requests
@@ -76,7 +77,6 @@ def authorize(
     password = password if password is not None else f"{user}pass"
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(16)
-    http = requests.Session()
     url = env["OAUTH_AUTHORIZE_URL"] + "?" + urlencode(
         {
             "client_id": client_id,
@@ -88,22 +88,28 @@ def authorize(
             "code_challenge_method": "S256",
         }
     )
+    query = _walk(requests.Session(), url, user, password, deny, stop=lambda u: u.startswith(redirect_uri))
+    if "error" in query:
+        raise PermissionError(f"authorization refused: {query}")
+    if query.get("state") != [state]:
+        raise RuntimeError("state mismatch")
+    return exchange_code(env, client, query["code"][0], verifier)
+
+
+def _walk(http: requests.Session, url: str, user: str, password: str, deny: bool, stop) -> dict:
+    """Follow redirects and fill in the provider's forms until `stop(url)` is true for a
+    redirect target (returns its query) or a final page is reached (returns {"page": html})."""
     method, data = "GET", None
     login_pages: set[str] = set()
-    for _ in range(20):
+    for _ in range(30):
         resp = http.request(method, url, data=data, allow_redirects=False, timeout=10)
         method, data = "GET", None
         if resp.is_redirect:
             url = urljoin(url, resp.headers["Location"])
-            if url.startswith(redirect_uri):
-                query = parse_qs(urlparse(url).query)
-                if "error" in query:
-                    raise PermissionError(f"authorization refused: {query}")
-                if query.get("state") != [state]:
-                    raise RuntimeError("state mismatch")
-                return exchange_code(env, client, query["code"][0], verifier)
+            if stop(url):
+                return parse_qs(urlparse(url).query)
             continue
-        if resp.status_code != 200 or "/interaction/" not in url:
+        if resp.status_code != 200:
             raise RuntimeError(f"unexpected page {resp.status_code} at {url}: {resp.text[:300]}")
         actions = re.findall(r'action="([^"]+)"', resp.text)
         if 'name="login"' in resp.text:
@@ -111,10 +117,45 @@ def authorize(
                 raise PermissionError("sign-in refused: " + _error_text(resp.text))
             login_pages.add(url)
             url, method, data = urljoin(url, actions[0]), "POST", {"login": user, "password": password}
-        else:
+        elif "/interaction/" in url and actions:
             target = next(a for a in actions if a.endswith("/abort" if deny else "/confirm"))
             url, method, data = urljoin(url, target), "POST", {}
-    raise RuntimeError("too many redirects in the authorization flow")
+        elif 'name="xsrf"' in resp.text and actions:
+            # oidc-provider's device-flow pages (user code confirmation): post their hidden fields.
+            fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', resp.text))
+            if deny and "confirm" in fields:
+                fields["abort"] = "yes"
+            url, method, data = urljoin(url, actions[0]), "POST", fields
+        else:
+            return {"page": resp.text}
+    raise RuntimeError("too many steps in the authorization flow")
+
+
+def device_flow(
+    env: dict[str, str], user: str, scope: str = DEFAULT_SCOPES, client: str = "messenger-bridge"
+) -> dict:
+    """RFC 8628 device authorization grant: start it, approve the user code in the provider's
+    pages as `user`, then poll the token endpoint; return the token response."""
+    client_id, secret, _ = client_credentials(env, client)
+    start = requests.post(env["OAUTH_DEVICE_URL"], data={"scope": scope}, auth=(client_id, secret), timeout=10)
+    start.raise_for_status()
+    grant = start.json()
+    final = _walk(requests.Session(), grant["verification_uri_complete"], user, f"{user}pass", False, stop=lambda u: False)
+    if "Success" not in final.get("page", ""):
+        raise RuntimeError(f"device approval did not succeed: {final}")
+    for _ in range(20):
+        resp = requests.post(
+            env["OAUTH_TOKEN_URL"],
+            data={"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": grant["device_code"]},
+            auth=(client_id, secret),
+            timeout=10,
+        )
+        if resp.status_code == 200:
+            return resp.json()
+        if resp.json().get("error") not in ("authorization_pending", "slow_down"):
+            raise PermissionError(resp.text)
+        time.sleep(grant.get("interval", 1))
+    raise TimeoutError("device flow: no token")
 
 
 def _error_text(html: str) -> str:
@@ -168,10 +209,14 @@ def main() -> int:
     parser.add_argument("--password")
     parser.add_argument("--scope", default=DEFAULT_SCOPES)
     parser.add_argument("--client", default="smoke-test", choices=["smoke-test", "messenger-bridge"])
+    parser.add_argument("--device", action="store_true", help="use the device authorization grant (RFC 8628)")
     parser.add_argument("--env", help="path of the stack env file (default $STACK_DIR/env)")
     args = parser.parse_args()
     env = load_env(args.env)
-    print(json.dumps(authorize(env, args.user, args.password, args.scope, args.client)))
+    if args.device:
+        print(json.dumps(device_flow(env, args.user, args.scope, args.client)))
+    else:
+        print(json.dumps(authorize(env, args.user, args.password, args.scope, args.client)))
     return 0
 
 
