@@ -21,7 +21,7 @@ use crate::connection::{self, ConnectionConfig, FailureKind};
 use crate::jid::Jid;
 use crate::negotiation::NegotiationConfig;
 use crate::profile::ServerProfile;
-use crate::sasl::{AuthIdentity, Credentials};
+use crate::sasl::{AuthIdentity, Credentials, Mechanism};
 use crate::session::{self, IqError, SessionEnd, SessionEvent, SessionHandle, SessionTimers};
 use crate::stanza::{Iq, Message, Presence, RosterItem, VCard, vcard};
 use crate::xml::Element;
@@ -53,6 +53,8 @@ pub struct AccountConfig {
     pub jid: Option<Jid>,
     /// The resource to ask for.
     pub resource: Option<String>,
+    /// Restricts the SASL mechanisms further than the profile does.
+    pub mechanisms: Option<Vec<Mechanism>>,
 }
 
 /// The connection state of one account, as the user should see it.
@@ -382,6 +384,7 @@ impl SessionManager {
                     bare_jid: account.jid.as_ref().map(|j| j.to_bare().to_string()),
                 },
                 resource: account.resource.clone(),
+                mechanisms: account.mechanisms.clone(),
             };
             let attempt_result = {
                 let connect = async {

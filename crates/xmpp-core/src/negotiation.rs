@@ -8,7 +8,7 @@
 use crate::jid::Jid;
 use crate::ns;
 use crate::profile::ServerProfile;
-use crate::sasl::{AuthIdentity, Credentials, SaslError, SaslExchange};
+use crate::sasl::{AuthIdentity, Credentials, Mechanism, SaslError, SaslExchange};
 use crate::stanza::{Iq, IqType, StanzaError, StreamError};
 use crate::xml::{self, Element, StreamEvent};
 
@@ -71,6 +71,9 @@ pub struct NegotiationConfig {
     pub identity: AuthIdentity,
     /// The resource to ask for; the server may assign another.
     pub resource: Option<String>,
+    /// Restricts the mechanisms further than the profile does (operator configuration, tests).
+    /// Mechanisms the profile does not allow stay disallowed.
+    pub mechanisms: Option<Vec<Mechanism>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,11 +189,20 @@ impl Negotiation {
                         .collect()
                 })
                 .unwrap_or_default();
-            let mechanism = SaslExchange::select(
-                &offered,
-                self.config.profile.allowed_mechanisms(),
-                &self.config.credentials,
-            )?;
+            let allowed: Vec<Mechanism> = self
+                .config
+                .profile
+                .allowed_mechanisms()
+                .iter()
+                .copied()
+                .filter(|m| {
+                    self.config
+                        .mechanisms
+                        .as_ref()
+                        .is_none_or(|only| only.contains(m))
+                })
+                .collect();
+            let mechanism = SaslExchange::select(&offered, &allowed, &self.config.credentials)?;
             let (exchange, text) =
                 SaslExchange::start(mechanism, &self.config.credentials, &self.config.identity)?;
             self.sasl = Some(exchange);
@@ -312,7 +324,6 @@ fn protocol(reason: &str) -> NegotiationError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sasl::Mechanism;
     use crate::xml::{StreamLimits, StreamParser};
 
     const HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
@@ -337,6 +348,7 @@ mod tests {
                     bare_jid: Some("alice@messenger.live.com".into()),
                 },
                 resource: Some("bridge".into()),
+                mechanisms: None,
             });
             let mut s = Self {
                 neg,

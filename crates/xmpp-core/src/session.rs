@@ -138,7 +138,10 @@ impl SessionHandle {
         }
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Iq { iq: Box::new(iq), reply })
+            .send(Command::Iq {
+                iq: Box::new(iq),
+                reply,
+            })
             .await
             .map_err(|_| IqError::NotConnected)?;
         rx.await.map_err(|_| IqError::NotConnected)?

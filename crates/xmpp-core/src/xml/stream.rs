@@ -117,6 +117,9 @@ pub struct StreamParser {
     depth: usize,
     /// Offset in `buf` where the current stanza began.
     stanza_start: Option<usize>,
+    /// Names of the elements open inside the current stanza, as (offset, length) in `buf`, so
+    /// a mismatched end tag is caught at once instead of when the stanza never completes.
+    open: Vec<(usize, usize)>,
     header: Option<StreamHeader>,
     closed: bool,
     failed: Option<XmlError>,
@@ -131,6 +134,7 @@ impl StreamParser {
             pos: 0,
             depth: 0,
             stanza_start: None,
+            open: Vec::new(),
             header: None,
             closed: false,
             failed: None,
@@ -145,6 +149,7 @@ impl StreamParser {
         self.pos = 0;
         self.depth = 0;
         self.stanza_start = None;
+        self.open.clear();
         self.header = None;
         self.closed = false;
     }
@@ -171,6 +176,9 @@ impl StreamParser {
             self.pos -= keep_from;
             if let Some(s) = &mut self.stanza_start {
                 *s -= keep_from;
+            }
+            for (start, _) in &mut self.open {
+                *start -= keep_from;
             }
         }
         self.buf.extend_from_slice(bytes);
@@ -251,6 +259,17 @@ impl StreamParser {
                         return self.need_more(lt);
                     };
                     self.pos = gt + 1;
+                    if self.depth >= 2 {
+                        let (start, len) = self.open.pop().unwrap_or((0, 0));
+                        let name = trim_ascii_end(&self.buf[lt + 2..gt]);
+                        if name != &self.buf[start..start + len] {
+                            return Err(XmlError::Malformed(format!(
+                                "end tag </{}> does not match <{}>",
+                                String::from_utf8_lossy(name),
+                                String::from_utf8_lossy(&self.buf[start..start + len])
+                            )));
+                        }
+                    }
                     match self.depth {
                         0 => return Err(XmlError::Malformed("end tag before the stream".into())),
                         1 => {
@@ -287,6 +306,7 @@ impl StreamParser {
                             if empty {
                                 return self.finish_stanza(gt + 1).map(Some);
                             }
+                            self.open.push(tag_name(&self.buf, lt + 1, gt));
                             self.depth = 2;
                         }
                         d => {
@@ -296,6 +316,7 @@ impl StreamParser {
                                         limit: self.limits.max_depth,
                                     });
                                 }
+                                self.open.push(tag_name(&self.buf, lt + 1, gt));
                                 self.depth += 1;
                             }
                         }
@@ -430,6 +451,23 @@ fn find_tag_end(buf: &[u8], from: usize) -> Option<usize> {
             }
         }
     }
+}
+
+/// The (offset, length) of the name of the start tag whose name begins at `from`.
+fn tag_name(buf: &[u8], from: usize, gt: usize) -> (usize, usize) {
+    let len = buf[from..gt]
+        .iter()
+        .position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>')
+        .unwrap_or(gt - from);
+    (from, len)
+}
+
+fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
 }
 
 fn split_qname(q: &str) -> (Option<&str>, &str) {
@@ -801,6 +839,17 @@ mod tests {
         p.push(b"text at the top");
         p.push(b"<presence/>");
         assert!(matches!(all_events(&mut p), Err(XmlError::Malformed(_))));
+    }
+
+    #[test]
+    fn mismatched_end_tag_is_caught_before_the_stanza_ends() {
+        let mut p = parser_with(HEADER);
+        p.push(b"<message><body>x</presence>");
+        let err = all_events(&mut p).unwrap_err();
+        assert!(
+            matches!(&err, XmlError::Malformed(m) if m.contains("</presence>")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,279 @@
+//! Test harness for the real local stack (`deploy/local/stack`).
+//!
+//! - [`StackEnv`]: the values `deploy/local/stack up` wrote to `$STACK_DIR/env`;
+//! - [`oauth_tokens`]: real tokens from the stack's OAuth provider (authorization-code flow);
+//! - [`XmppContact`]: a real XMPP client (slixmpp) playing a contact, driven over pipes.
+//!
+//! Tests that use it fail with a clear message when the stack is not up: `tests/run` starts it.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// `$STACK_DIR/env` of the running stack.
+#[derive(Debug, Clone)]
+pub struct StackEnv {
+    vars: HashMap<String, String>,
+}
+
+impl StackEnv {
+    /// Loads the env file; panics with instructions when the stack is not up.
+    pub fn load() -> Self {
+        let dir = std::env::var("STACK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join(".stack"));
+        let path = dir.join("env");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the local stack is not up ({}: {e}); run `deploy/local/stack up` first",
+                path.display()
+            )
+        });
+        let vars = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Self { vars }
+    }
+
+    /// A value; panics naming the key when missing.
+    pub fn get(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from the stack env file"))
+    }
+
+    /// The Python of the clients venv.
+    pub fn python(&self) -> PathBuf {
+        PathBuf::from(self.get("STACK_DIR")).join("clients-venv/bin/python")
+    }
+
+    /// The XMPP port as a number.
+    pub fn xmpp_port(&self) -> u16 {
+        self.get("XMPP_PORT").parse().unwrap()
+    }
+}
+
+/// A token response from the provider.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token (the `wl.offline_access` scope is requested).
+    pub refresh_token: Option<String>,
+    /// Lifetime in seconds.
+    pub expires_in: Option<u64>,
+}
+
+/// Runs the authorization-code flow with PKCE for a seeded account, as `client`
+/// (`smoke-test` or `messenger-bridge`).
+pub async fn oauth_tokens(env: &StackEnv, user: &str, client: &str) -> Tokens {
+    let script = repo_root().join("tests/stack/oauth_flow.py");
+    let out = Command::new(env.python())
+        .arg(script)
+        .arg(user)
+        .args(["--client", client])
+        .env("STACK_DIR", env.get("STACK_DIR"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "oauth_flow.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Tokens {
+        access_token: v["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: v["refresh_token"].as_str().map(str::to_owned),
+        expires_in: v["expires_in"].as_u64(),
+    }
+}
+
+/// Revokes a token at the provider (RFC 7009), as the `smoke-test` client.
+pub async fn revoke_token(env: &StackEnv, token: &str) {
+    let code = "import sys; sys.path.insert(0, sys.argv[1]); import oauth_flow as o; \
+                o.revoke(o.load_env(), sys.argv[2])";
+    let out = Command::new(env.python())
+        .args(["-c", code])
+        .arg(repo_root().join("tests/stack"))
+        .arg(token)
+        .env("STACK_DIR", env.get("STACK_DIR"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "revoke failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How a contact logs in.
+#[derive(Debug, Clone)]
+pub enum ContactLogin {
+    /// On the Messenger host with an OAuth token (X-MESSENGER-OAUTH2).
+    Messenger,
+    /// On the standard host with the seeded password.
+    Standard,
+}
+
+/// A slixmpp client playing a contact (`tests/peers/xmpp_contact.py`).
+#[derive(Debug)]
+pub struct XmppContact {
+    /// The contact's full JID as bound.
+    pub jid: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Events read while waiting for another one.
+    backlog: Vec<Value>,
+}
+
+impl XmppContact {
+    /// Logs `user` in and waits until its session is ready.
+    pub async fn start(env: &StackEnv, user: &str, login: ContactLogin) -> Self {
+        Self::start_with(env, user, login, true).await
+    }
+
+    /// Like [`XmppContact::start`]; `presence = false` stays invisible (no initial presence).
+    pub async fn start_with(
+        env: &StackEnv,
+        user: &str,
+        login: ContactLogin,
+        presence: bool,
+    ) -> Self {
+        let mut cmd = Command::new(env.python());
+        cmd.arg(repo_root().join("tests/peers/xmpp_contact.py"))
+            .args([
+                "--host",
+                env.get("XMPP_HOST"),
+                "--port",
+                env.get("XMPP_PORT"),
+                "--ca",
+                env.get("XMPP_CA_FILE"),
+            ]);
+        match login {
+            ContactLogin::Messenger => {
+                let tokens = oauth_tokens(env, user, "smoke-test").await;
+                cmd.args([
+                    "--jid",
+                    env.get("XMPP_MESSENGER_DOMAIN"),
+                    "--token",
+                    &tokens.access_token,
+                ]);
+            }
+            ContactLogin::Standard => {
+                cmd.args([
+                    "--jid",
+                    &format!("{user}@{}", env.get("XMPP_STANDARD_DOMAIN")),
+                    "--password",
+                    &format!("{user}pass"),
+                ]);
+            }
+        }
+        if !presence {
+            cmd.arg("--no-presence");
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut me = Self {
+            jid: String::new(),
+            child,
+            stdin,
+            lines,
+            backlog: Vec::new(),
+        };
+        let ready = me
+            .wait_for(Duration::from_secs(30), |e| {
+                e["event"] == "ready" || e["event"] == "failed"
+            })
+            .await;
+        assert_eq!(
+            ready["event"], "ready",
+            "contact {user} could not log in: {ready}"
+        );
+        me.jid = ready["jid"].as_str().unwrap().to_owned();
+        me
+    }
+
+    /// The bare JID.
+    pub fn bare_jid(&self) -> &str {
+        self.jid.split('/').next().unwrap()
+    }
+
+    /// Sends a command (see the script's docs).
+    pub async fn command(&mut self, cmd: Value) {
+        let mut line = cmd.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Sends a chat message, optionally with a chat state.
+    pub async fn send_chat(&mut self, to: &str, body: Option<&str>, state: Option<&str>) {
+        self.command(json!({"op": "send", "to": to, "body": body, "state": state}))
+            .await;
+    }
+
+    /// Waits for the first event matching `pred` (earlier non-matching events are kept).
+    pub async fn wait_for(&mut self, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no matching event within {limit:?}; seen: {:?}",
+                        self.backlog
+                    )
+                })
+                .unwrap()
+                .unwrap_or_else(|| panic!("the contact process ended; seen: {:?}", self.backlog));
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if pred(&v) {
+                return v;
+            }
+            self.backlog.push(v);
+        }
+    }
+
+    /// All events received so far without waiting longer than `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(quiet, self.lines.next_line()).await {
+            self.backlog.push(serde_json::from_str(&line).unwrap());
+        }
+        std::mem::take(&mut self.backlog)
+    }
+
+    /// Logs out and waits for the process.
+    pub async fn quit(mut self) {
+        self.command(json!({"op": "quit"})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}

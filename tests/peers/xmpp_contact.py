@@ -1,0 +1,168 @@
+"""A real XMPP client (slixmpp) playing a contact, driven over stdin/stdout by the Rust tests.
+
+    xmpp_contact.py --jid bob@messenger.localhost (--token TOKEN | --password PASS)
+                    [--host 127.0.0.1] [--port 5222] [--ca CA_FILE] [--no-presence]
+
+Commands, one JSON object per line on stdin:
+    {"op": "send", "to": JID, "body": TEXT?, "state": "active"|"composing"|...?, "id": ID?, "type": "chat"?}
+    {"op": "presence", "show": "away"?, "status": TEXT?, "type": "unavailable"?}
+    {"op": "roster_set", "jid": JID, "name": TEXT}    -> {"event": "iq_result", ...}
+    {"op": "quit"}
+Events, one JSON object per line on stdout:
+    {"event": "ready", "jid": FULL_JID}
+    {"event": "message", "from", "to", "type", "id", "body", "state", "delay"}
+    {"event": "presence", "from", "type", "show", "status"}
+    {"event": "failed", "reason"}         (login failed; the process exits 1)
+    {"event": "disconnected"}
+Everything else slixmpp logs goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+import slixmpp
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class Contact(slixmpp.ClientXMPP):
+    def __init__(self, args: argparse.Namespace) -> None:
+        mech = "X-MESSENGER-OAUTH2" if args.token else None
+        super().__init__(args.jid, args.password or "", sasl_mech=mech)
+        if args.token:
+            self.credentials["access_token"] = args.token
+        self.ca_certs = args.ca
+        self.enable_direct_tls = False
+        self.enable_plaintext = False
+        self.send_presence_on_start = not args.no_presence
+        for plugin in ("xep_0030", "xep_0085", "xep_0203", "xep_0199"):
+            self.register_plugin(plugin)
+        self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("failed_auth", lambda _: self.fail("authentication failed"))
+        self.add_event_handler("disconnected", lambda _: emit({"event": "disconnected"}))
+        self.add_event_handler("presence", self.on_presence)
+        # "message" fires only with a <body/>; listen on the raw stanza instead.
+        self.register_handler(
+            slixmpp.xmlstream.handler.Callback(
+                "all messages", slixmpp.xmlstream.matcher.StanzaPath("message"), self.on_message
+            )
+        )
+        self.ready = asyncio.Event()
+
+    def fail(self, reason: str) -> None:
+        emit({"event": "failed", "reason": reason})
+        sys.exit(1)
+
+    async def on_start(self, _event) -> None:
+        await self.get_roster()
+        if self.send_presence_on_start:
+            self.send_presence()
+        emit({"event": "ready", "jid": str(self.boundjid)})
+        self.ready.set()
+
+    def on_message(self, msg) -> None:
+        state = None
+        for s in ("active", "composing", "paused", "inactive", "gone"):
+            if msg.xml.find("{http://jabber.org/protocol/chatstates}" + s) is not None:
+                state = s
+        delay = msg.xml.find("{urn:xmpp:delay}delay")
+        emit(
+            {
+                "event": "message",
+                "from": str(msg["from"]),
+                "to": str(msg["to"]),
+                "type": msg["type"],
+                "id": msg["id"] or None,
+                "body": msg["body"] if msg.xml.find("{jabber:client}body") is not None else None,
+                "state": state,
+                "delay": delay.get("stamp") if delay is not None else None,
+            }
+        )
+
+    def on_presence(self, pres) -> None:
+        emit(
+            {
+                "event": "presence",
+                "from": str(pres["from"]),
+                "type": pres["type"],
+                "show": pres["show"] or None,
+                "status": pres["status"] or None,
+            }
+        )
+
+    async def handle(self, cmd: dict) -> None:
+        op = cmd.get("op")
+        if op == "send":
+            msg = self.make_message(mto=cmd["to"], mtype=cmd.get("type", "chat"))
+            if cmd.get("body") is not None:
+                msg["body"] = cmd["body"]
+            if cmd.get("id"):
+                msg["id"] = cmd["id"]
+            if cmd.get("state"):
+                msg["chat_state"] = cmd["state"]
+            msg.send()
+        elif op == "presence":
+            self.send_presence(
+                pshow=cmd.get("show"), pstatus=cmd.get("status"), ptype=cmd.get("type")
+            )
+        elif op == "roster_set":
+            try:
+                await self.update_roster(cmd["jid"], name=cmd.get("name"))
+                emit({"event": "iq_result", "ok": True})
+            except slixmpp.exceptions.IqError as e:
+                emit({"event": "iq_result", "ok": False, "condition": e.condition})
+        elif op == "quit":
+            self.disconnect()
+        else:
+            emit({"event": "error", "reason": f"unknown op {op!r}"})
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jid", required=True)
+    parser.add_argument("--token")
+    parser.add_argument("--password")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5222)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--no-presence", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    client = Contact(args)
+    client.connect(args.host, args.port)
+    try:
+        await asyncio.wait_for(client.ready.wait(), 20)
+    except asyncio.TimeoutError:
+        client.fail("no session within 20 s")
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        try:
+            cmd = json.loads(line)
+        except json.JSONDecodeError as e:
+            emit({"event": "error", "reason": f"bad command: {e}"})
+            continue
+        await client.handle(cmd)
+        if cmd.get("op") == "quit":
+            break
+    client.disconnect()
+    await asyncio.sleep(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
