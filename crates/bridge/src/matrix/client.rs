@@ -1,0 +1,409 @@
+//! The homeserver's client-server API, called as the appservice: ruma request types, sent with
+//! reqwest, with identity assertion (`?user_id=`) for ghosts and `ts` for delayed messages.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
+use ruma::api::client::{
+    account, appservice, discovery, media, membership, message, presence, profile, room, typing,
+};
+use ruma::api::path_builder::{PathBuilder, SinglePath, VersionHistory};
+use ruma::api::{
+    AppserviceUserIdentity, IncomingResponse, OutgoingRequest, OutgoingRequestAppserviceExt,
+    SupportedVersions,
+};
+use ruma::events::AnyMessageLikeEventContent;
+use ruma::presence::PresenceState;
+use ruma::serde::Raw;
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UInt,
+    UserId,
+};
+use serde::Deserialize;
+
+/// A failed call to the homeserver.
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    /// The homeserver could not be reached or the connection broke.
+    #[error("cannot reach the homeserver at {url}: {reason}")]
+    Unreachable {
+        /// The base URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The homeserver answered with an error.
+    #[error("the homeserver refused {what}: {errcode} ({status}): {message}")]
+    Refused {
+        /// What we asked for.
+        what: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// Matrix `errcode`.
+        errcode: String,
+        /// Matrix `error` text.
+        message: String,
+        /// `retry_after_ms` of a rate limit.
+        retry_after: Option<Duration>,
+    },
+    /// The homeserver's answer could not be understood, or our request could not be built.
+    #[error("bad data while talking to the homeserver ({what}): {reason}")]
+    Invalid {
+        /// What we asked for.
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl MatrixError {
+    /// Whether trying again later may succeed (network trouble, 5xx, rate limits).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Refused {
+                status, errcode, ..
+            } => *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED",
+            Self::Invalid { .. } => false,
+        }
+    }
+
+    /// The Matrix error code, if the homeserver sent one.
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            Self::Refused { errcode, .. } => Some(errcode),
+            _ => None,
+        }
+    }
+}
+
+/// Supplies a ruma path builder's input from the homeserver's supported versions.
+pub trait PathInput: PathBuilder {
+    /// The input for this builder.
+    fn input(versions: &SupportedVersions) -> Self::Input<'_>;
+}
+
+impl PathInput for VersionHistory {
+    fn input(versions: &SupportedVersions) -> Self::Input<'_> {
+        Cow::Borrowed(versions)
+    }
+}
+
+impl PathInput for SinglePath {
+    fn input(_: &SupportedVersions) -> Self::Input<'_> {}
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errcode: String,
+    #[serde(default)]
+    error: String,
+    retry_after_ms: Option<u64>,
+}
+
+/// The appservice's client for the homeserver. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MatrixClient {
+    http: reqwest::Client,
+    base: String,
+    as_token: String,
+    appservice_id: String,
+    versions: SupportedVersions,
+}
+
+impl MatrixClient {
+    /// Connects: asks the homeserver which spec versions it supports (which also proves it is
+    /// reachable).
+    pub async fn connect(
+        base: &str,
+        as_token: &str,
+        appservice_id: &str,
+    ) -> Result<Self, MatrixError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| MatrixError::Invalid {
+                what: "the HTTP client",
+                reason: e.to_string(),
+            })?;
+        let mut client = Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            as_token: as_token.to_owned(),
+            appservice_id: appservice_id.to_owned(),
+            versions: SupportedVersions::from_parts(&["v1.1".to_owned()], &Default::default()),
+        };
+        let versions = client
+            .send(discovery::get_supported_versions::Request::new(), None)
+            .await?;
+        client.versions = versions.as_supported_versions();
+        Ok(client)
+    }
+
+    /// The homeserver's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends any client-server request as the bot (`user = None`) or as a ghost.
+    pub async fn send<R>(
+        &self,
+        request: R,
+        user: Option<&UserId>,
+    ) -> Result<R::IncomingResponse, MatrixError>
+    where
+        R: OutgoingRequest,
+        R::PathBuilder: PathInput,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        // e.g. "ruma_client_api::message::send_message_event::v3::Request" → "send_message_event"
+        let name: &'static str = std::any::type_name::<R>();
+        let what = name
+            .trim_end_matches("::Request")
+            .rsplit("::")
+            .nth(1)
+            .unwrap_or(name);
+        let identity = user.map(AppserviceUserIdentity::new).unwrap_or_default();
+        let request: http::Request<Vec<u8>> = request
+            .try_into_http_request_with_identity(
+                &self.base,
+                SendAccessToken::Appservice(&self.as_token),
+                identity,
+                R::PathBuilder::input(&self.versions),
+            )
+            .map_err(|e| MatrixError::Invalid {
+                what,
+                reason: e.to_string(),
+            })?;
+        let request = reqwest::Request::try_from(request).map_err(|e| MatrixError::Invalid {
+            what,
+            reason: e.to_string(),
+        })?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| MatrixError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| MatrixError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        if !status.is_success() {
+            let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
+                errcode: "M_UNKNOWN".into(),
+                error: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                retry_after_ms: None,
+            });
+            return Err(MatrixError::Refused {
+                what,
+                status: status.as_u16(),
+                errcode: parsed.errcode,
+                message: parsed.error,
+                retry_after: parsed.retry_after_ms.map(Duration::from_millis),
+            });
+        }
+        let mut builder = http::Response::builder().status(status);
+        if let Some(h) = builder.headers_mut() {
+            *h = headers;
+        }
+        let response = builder
+            .body(body.to_vec())
+            .map_err(|e| MatrixError::Invalid {
+                what,
+                reason: e.to_string(),
+            })?;
+        R::IncomingResponse::try_from_http_response(response).map_err(|e| MatrixError::Invalid {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    /// `POST /_matrix/client/v1/appservice/{id}/ping`: the homeserver calls us back, proving both
+    /// directions work.
+    pub async fn ping(&self) -> Result<Duration, MatrixError> {
+        let mut request = appservice::request_ping::v1::Request::new(self.appservice_id.clone());
+        request.transaction_id = Some(<ruma::OwnedTransactionId>::from(format!(
+            "ping-{}",
+            rand::random::<u32>()
+        )));
+        Ok(self.send(request, None).await?.duration)
+    }
+
+    /// Registers a user in the appservice's namespace; an existing user is fine.
+    pub async fn register(&self, localpart: &str) -> Result<(), MatrixError> {
+        let mut request = account::register::v3::Request::new();
+        request.username = Some(localpart.to_owned());
+        request.inhibit_login = true;
+        request.login_type = Some(account::register::LoginType::ApplicationService);
+        match self.send(request, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.errcode() == Some("M_USER_IN_USE") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a user's display name.
+    pub async fn set_display_name(&self, user: &UserId, name: &str) -> Result<(), MatrixError> {
+        #[allow(deprecated)]
+        let request =
+            profile::set_display_name::v3::Request::new(user.to_owned(), Some(name.to_owned()));
+        self.send(request, Some(user)).await.map(|_| ())
+    }
+
+    /// Sets a user's avatar.
+    pub async fn set_avatar_url(&self, user: &UserId, mxc: OwnedMxcUri) -> Result<(), MatrixError> {
+        #[allow(deprecated)]
+        let request = profile::set_avatar_url::v3::Request::new(user.to_owned(), Some(mxc));
+        self.send(request, Some(user)).await.map(|_| ())
+    }
+
+    /// Uploads media as `user`.
+    pub async fn upload(
+        &self,
+        user: &UserId,
+        data: Vec<u8>,
+        mime: &str,
+    ) -> Result<OwnedMxcUri, MatrixError> {
+        #[allow(deprecated)]
+        let mut request = media::create_content::v3::Request::new(data);
+        request.content_type = Some(mime.to_owned());
+        Ok(self.send(request, Some(user)).await?.content_uri)
+    }
+
+    /// Creates a room as `creator`.
+    pub async fn create_room(
+        &self,
+        creator: &UserId,
+        request: room::create_room::v3::Request,
+    ) -> Result<OwnedRoomId, MatrixError> {
+        Ok(self.send(request, Some(creator)).await?.room_id)
+    }
+
+    /// Invites `invitee` to a room, as `inviter`.
+    pub async fn invite(
+        &self,
+        inviter: &UserId,
+        room: &RoomId,
+        invitee: &UserId,
+    ) -> Result<(), MatrixError> {
+        let recipient = membership::invite_user::v3::InvitationRecipient::UserId(
+            membership::invite_user::v3::InviteUserId::new(invitee.to_owned()),
+        );
+        let request = membership::invite_user::v3::Request::new(room.to_owned(), recipient);
+        match self.send(request, Some(inviter)).await {
+            Ok(_) => Ok(()),
+            // Already in the room or already invited.
+            Err(MatrixError::Refused {
+                status: 403,
+                message,
+                ..
+            }) if message.contains("already in the room") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Joins a room as `user`.
+    pub async fn join(&self, user: &UserId, room: &RoomId) -> Result<(), MatrixError> {
+        self.send(
+            membership::join_room_by_id::v3::Request::new(room.to_owned()),
+            Some(user),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Leaves a room as `user`.
+    pub async fn leave(&self, user: &UserId, room: &RoomId) -> Result<(), MatrixError> {
+        self.send(
+            membership::leave_room::v3::Request::new(room.to_owned()),
+            Some(user),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sends a message-like event as `sender`, with a transaction id that makes retries
+    /// idempotent and an optional original timestamp.
+    pub async fn send_message(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        txn_id: &str,
+        content: Raw<AnyMessageLikeEventContent>,
+        event_type: &str,
+        ts: Option<i64>,
+    ) -> Result<OwnedEventId, MatrixError> {
+        let mut request = message::send_message_event::v3::Request::new_raw(
+            room.to_owned(),
+            <ruma::OwnedTransactionId>::from(txn_id.to_owned()),
+            event_type.into(),
+            content,
+        );
+        request.timestamp = ts
+            .and_then(|ms| UInt::new(ms.max(0) as u64))
+            .map(MilliSecondsSinceUnixEpoch);
+        Ok(self.send(request, Some(sender)).await?.event_id)
+    }
+
+    /// Typing on or off for `user` in `room`.
+    pub async fn set_typing(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        typing: bool,
+        timeout: Duration,
+    ) -> Result<(), MatrixError> {
+        let state = if typing {
+            typing::create_typing_event::v3::Typing::Yes(
+                typing::create_typing_event::v3::TypingInfo::new(timeout),
+            )
+        } else {
+            typing::create_typing_event::v3::Typing::No
+        };
+        let request =
+            typing::create_typing_event::v3::Request::new(user.to_owned(), room.to_owned(), state);
+        self.send(request, Some(user)).await.map(|_| ())
+    }
+
+    /// Sets `user`'s presence.
+    pub async fn set_presence(
+        &self,
+        user: &UserId,
+        presence: PresenceState,
+        status: Option<String>,
+    ) -> Result<(), MatrixError> {
+        let mut request = presence::set_presence::v3::Request::new(user.to_owned(), presence);
+        request.status_msg = status;
+        self.send(request, Some(user)).await.map(|_| ())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Parses a user id, for ids the bridge builds itself.
+pub fn user_id(s: &str) -> Result<OwnedUserId, MatrixError> {
+    UserId::parse(s).map_err(|e| MatrixError::Invalid {
+        what: "a user id",
+        reason: format!("{s}: {e}"),
+    })
+}
