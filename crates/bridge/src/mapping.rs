@@ -117,11 +117,7 @@ pub fn html_to_text(html: &str) -> String {
                 "p" | "div" | "blockquote" | "pre" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul"
                 | "ol",
                 true,
-            ) => {
-                if !out.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
+            ) if !out.ends_with('\n') => out.push('\n'),
             ("li", false) => {
                 if !out.is_empty() && !out.ends_with('\n') {
                     out.push('\n');

@@ -1,0 +1,231 @@
+//! The bridge's configuration sections (read by the binary from `config.yaml`; every option is
+//! documented in `config.example.yaml`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything the bridge crate needs to know.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BridgeConfig {
+    /// The homeserver.
+    pub homeserver: HomeserverConfig,
+    /// The appservice registration and listener.
+    pub appservice: AppserviceConfig,
+    /// The XMPP service.
+    pub xmpp: XmppConfig,
+    /// Behaviour.
+    #[serde(default)]
+    pub bridge: BehaviourConfig,
+    /// OAuth 2.0 provider (token refresh, account linking).
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// Where the homeserver is.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HomeserverConfig {
+    /// Client-server API base URL, e.g. `http://127.0.0.1:8008`.
+    pub url: String,
+    /// The server name in user ids, e.g. `example.org`.
+    pub server_name: String,
+}
+
+/// The appservice side.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppserviceConfig {
+    /// Address the appservice HTTP listener binds, e.g. `127.0.0.1:29317`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The registration id.
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// The registration file (written by `messenger-bridge generate-registration`, loaded by the
+    /// homeserver). When set, the id, tokens and bot localpart are read from it.
+    #[serde(default)]
+    pub registration: Option<PathBuf>,
+    /// Token the bridge uses with the homeserver (from the registration file when empty).
+    #[serde(default)]
+    pub as_token: String,
+    /// Token the homeserver uses with the bridge (from the registration file when empty).
+    #[serde(default)]
+    pub hs_token: String,
+    /// The bot's localpart.
+    #[serde(default = "default_bot")]
+    pub bot_localpart: String,
+    /// The bot's display name.
+    #[serde(default = "default_bot_name")]
+    pub bot_displayname: String,
+    /// Prefix of ghost localparts.
+    #[serde(default = "default_prefix")]
+    pub ghost_prefix: String,
+    /// The largest transaction body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+/// The XMPP service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct XmppConfig {
+    /// `messenger` or `standard`: the default profile of new logins.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// The XMPP domain (`messenger.live.com`).
+    pub domain: String,
+    /// Host to connect to (defaults to the domain).
+    pub host: Option<String>,
+    /// Port (5222).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Extra CA certificates (PEM) to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Disable certificate verification (test servers only; logged loudly).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// The resource to ask for.
+    pub resource: Option<String>,
+    /// Keepalive interval in seconds (≤ 60 for Messenger).
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+    /// Largest stanza accepted from the server.
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_bytes: usize,
+    /// How many accounts may connect at once.
+    #[serde(default = "default_concurrent")]
+    pub max_concurrent_connects: usize,
+}
+
+/// How the bridge behaves.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BehaviourConfig {
+    /// Who may use the bridge: keys are `*`, a server name, or a user id; values `user` or
+    /// `admin` (anything else denies). The most specific key wins.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, String>,
+    /// Send the user's Matrix presence to XMPP.
+    #[serde(default = "yes")]
+    pub presence_from_matrix: bool,
+    /// Longest XMPP message body sent; longer Matrix messages are split.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Seconds a disconnect must last before the management room is told.
+    #[serde(default = "default_notice_delay")]
+    pub state_notice_delay_secs: u64,
+}
+
+impl Default for BehaviourConfig {
+    fn default() -> Self {
+        Self {
+            permissions: BTreeMap::new(),
+            presence_from_matrix: true,
+            max_message_bytes: default_max_message(),
+            state_notice_delay_secs: default_notice_delay(),
+        }
+    }
+}
+
+/// The OAuth 2.0 provider (Live Connect for Messenger).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OAuthConfig {
+    /// Authorization endpoint.
+    pub authorize_url: String,
+    /// Token endpoint.
+    pub token_url: String,
+    /// Device authorization endpoint (for `login --device`).
+    pub device_url: Option<String>,
+    /// Revocation endpoint (for `logout`).
+    pub revoke_url: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Option<String>,
+    /// Scopes to ask for.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Where the provider sends the browser back: the bridge's `/login/callback`.
+    pub redirect_url: Option<String>,
+}
+
+impl BehaviourConfig {
+    /// The permission level of a Matrix user: `user`, `admin`, or `None` (not allowed).
+    pub fn level(&self, user: &str) -> Option<&str> {
+        let server = user.split_once(':').map(|(_, s)| s);
+        let level = self
+            .permissions
+            .get(user)
+            .or_else(|| server.and_then(|s| self.permissions.get(s)))
+            .or_else(|| self.permissions.get("*"))?;
+        matches!(level.as_str(), "user" | "admin").then_some(level.as_str())
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:29317".into()
+}
+fn default_id() -> String {
+    "messenger-bridge".into()
+}
+fn default_bot() -> String {
+    "msnbot".into()
+}
+fn default_bot_name() -> String {
+    "Messenger bridge bot".into()
+}
+fn default_prefix() -> String {
+    "msn_".into()
+}
+fn default_max_body() -> usize {
+    32 * 1024 * 1024
+}
+fn default_profile() -> String {
+    "messenger".into()
+}
+fn default_port() -> u16 {
+    5222
+}
+fn default_keepalive() -> u64 {
+    50
+}
+fn default_max_stanza() -> usize {
+    256 * 1024
+}
+fn default_concurrent() -> usize {
+    8
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_message() -> usize {
+    10_000
+}
+fn default_notice_delay() -> u64 {
+    30
+}
+fn default_scopes() -> Vec<String> {
+    vec![
+        "wl.messenger".into(),
+        "wl.offline_access".into(),
+        "wl.basic".into(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_specific_permission_wins() {
+        let mut b = BehaviourConfig::default();
+        b.permissions.insert("*".into(), "none".into());
+        b.permissions.insert("example.org".into(), "user".into());
+        b.permissions
+            .insert("@boss:example.org".into(), "admin".into());
+        b.permissions
+            .insert("@banned:example.org".into(), "none".into());
+        assert_eq!(b.level("@alice:example.org"), Some("user"));
+        assert_eq!(b.level("@boss:example.org"), Some("admin"));
+        assert_eq!(b.level("@banned:example.org"), None);
+        assert_eq!(b.level("@eve:evil.org"), None);
+    }
+}

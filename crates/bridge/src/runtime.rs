@@ -1,0 +1,932 @@
+//! The running bridge: shared state, start-up, and the two delivery loops.
+//!
+//! Delivery is durable both ways through the store's outbox:
+//! - Matrix → XMPP: the appservice records every event of a transaction (queue = room) before it
+//!   answers 200; [`Bridge::deliver_to_xmpp_forever`] delivers them once the user's session is up.
+//! - XMPP → Matrix: each stanza is recorded (queue = portal) as it arrives;
+//!   [`Bridge::deliver_to_matrix_forever`] sends it with a transaction id derived from the outbox item, so a
+//!   retry after a crash is idempotent.
+//!
+//! The store hands out only the oldest unfinished item of each queue, so order is kept per
+//! portal while different portals are delivered concurrently.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ruma::presence::PresenceState;
+use ruma::{OwnedUserId, UserId};
+use serde_json::{Value, json};
+use store::{ClaimedItem, Direction, Enqueued, Store};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use xmpp_core::manager::{
+    AccountConfig, AccountEvent, ConnectionState, ManagerEvent, SessionManager,
+};
+use xmpp_core::session::SessionEvent;
+use xmpp_core::stanza::{ChatState, Message, MessageType, Presence, PresenceType};
+use xmpp_core::{Jid, ServerProfile};
+
+use crate::config::BridgeConfig;
+use crate::credentials::StoreCredentials;
+use crate::ghost::GhostNames;
+use crate::mapping;
+use crate::matrix::{MatrixClient, MatrixError, client::user_id};
+
+/// How long a claimed outbox item is ours before another worker may take it over.
+const LEASE: Duration = Duration::from_secs(120);
+/// Matrix caps events at 64 KiB; keep message bodies well inside.
+const MAX_MATRIX_BODY: usize = 48 * 1024;
+
+/// Shared state of the bridge. Cheap to clone.
+#[derive(Clone)]
+pub struct Bridge {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: BridgeConfig,
+    pub(crate) store: Store,
+    pub(crate) matrix: MatrixClient,
+    pub(crate) xmpp: SessionManager,
+    pub(crate) credentials: Arc<StoreCredentials>,
+    pub(crate) ghosts: GhostNames,
+    pub(crate) bot: OwnedUserId,
+    pub(crate) wake_to_xmpp: Notify,
+    pub(crate) wake_to_matrix: Notify,
+    /// Contacts' last presence sent to Matrix, to send only changes.
+    presence_sent: Mutex<HashMap<String, (PresenceState, Option<String>)>>,
+    /// Ghosts registered during this run.
+    registered: Mutex<HashSet<String>>,
+    /// Roster names per (user, contact).
+    pub(crate) roster_names: Mutex<HashMap<(String, String), String>>,
+    /// Per-key async locks (ghost set-up, portal creation).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Portal rooms where the linked user is typing (for chat states).
+    typing_in: Mutex<HashSet<String>>,
+    /// The linked users' last Matrix presence sent to XMPP.
+    user_presence: Mutex<HashMap<String, (String, Option<String>)>>,
+    /// Connection state per user and whether its disconnect was announced.
+    pub(crate) states: Mutex<HashMap<String, (ConnectionState, bool)>>,
+    pub(crate) metrics: crate::metrics::Metrics,
+    profile_sync: Semaphore,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("bot", &self.inner.bot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The homeserver is unreachable or refuses us.
+    #[error(transparent)]
+    Matrix(#[from] MatrixError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl Bridge {
+    /// Wires the parts together.
+    pub fn new(
+        config: BridgeConfig,
+        store: Store,
+        matrix: MatrixClient,
+        xmpp: SessionManager,
+        credentials: Arc<StoreCredentials>,
+    ) -> Result<Self, StartError> {
+        let server = &config.homeserver.server_name;
+        let bot = UserId::parse(format!("@{}:{server}", config.appservice.bot_localpart)).map_err(
+            |e| {
+                StartError::Config(format!(
+                    "homeserver.server_name / appservice.bot_localpart: {e}"
+                ))
+            },
+        )?;
+        let ghosts = GhostNames::new(&config.appservice.ghost_prefix, server, &config.xmpp.domain);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                matrix,
+                xmpp,
+                credentials,
+                ghosts,
+                bot,
+                wake_to_xmpp: Notify::new(),
+                wake_to_matrix: Notify::new(),
+                presence_sent: Mutex::default(),
+                registered: Mutex::default(),
+                roster_names: Mutex::default(),
+                locks: Mutex::default(),
+                typing_in: Mutex::default(),
+                user_presence: Mutex::default(),
+                states: Mutex::default(),
+                metrics: crate::metrics::Metrics::default(),
+                profile_sync: Semaphore::new(4),
+            }),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Metrics for `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// The bot's user id.
+    pub fn bot(&self) -> &UserId {
+        &self.inner.bot
+    }
+
+    /// Starts the background loops and every linked user's XMPP session. `events` is the
+    /// session manager's event receiver.
+    pub async fn start(&self, events: mpsc::Receiver<AccountEvent>) -> Result<(), StartError> {
+        let inner = &self.inner;
+        inner.matrix.register(inner.bot.localpart()).await?;
+        if let Err(e) = inner
+            .matrix
+            .set_display_name(&inner.bot, &inner.config.appservice.bot_displayname)
+            .await
+        {
+            tracing::warn!(error = %e, "could not set the bot's display name");
+        }
+        tokio::spawn(self.clone().xmpp_event_loop(events));
+        tokio::spawn(self.clone().deliver_to_matrix_forever());
+        tokio::spawn(self.clone().deliver_to_xmpp_forever());
+        let users = inner.store.linked_users().await?;
+        tracing::info!(
+            count = users.len(),
+            "starting XMPP sessions of linked users"
+        );
+        for user in users {
+            self.start_session(&user.matrix_user, &user.jid, user.server_profile);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// The XMPP account configuration of a linked user.
+    pub(crate) fn account_config(
+        &self,
+        matrix_user: &str,
+        jid: &str,
+        profile: store::ServerProfile,
+    ) -> AccountConfig {
+        let x = &self.inner.config.xmpp;
+        let jid = Jid::parse(jid).ok();
+        let domain = jid
+            .as_ref()
+            .map_or_else(|| x.domain.clone(), |j| j.domain().to_owned());
+        let host = x.host.clone().unwrap_or_else(|| domain.clone());
+        let mut connection = xmpp_core::connection::ConnectionConfig::new(domain, host, x.port);
+        connection.limits.max_stanza_bytes = x.max_stanza_bytes;
+        AccountConfig {
+            account: matrix_user.to_owned(),
+            profile: match profile {
+                store::ServerProfile::Messenger => ServerProfile::Messenger,
+                store::ServerProfile::Standard => ServerProfile::Standard,
+            },
+            connection,
+            jid,
+            resource: x.resource.clone(),
+            mechanisms: None,
+        }
+    }
+
+    /// Starts (or restarts) a linked user's XMPP session.
+    pub fn start_session(&self, matrix_user: &str, jid: &str, profile: store::ServerProfile) {
+        let account = self.account_config(matrix_user, jid, profile);
+        self.inner
+            .xmpp
+            .start(account, self.inner.credentials.clone());
+    }
+
+    // ---------------------------------------------------------------- XMPP → Matrix
+
+    async fn xmpp_event_loop(self, mut events: mpsc::Receiver<AccountEvent>) {
+        while let Some(AccountEvent { account, event }) = events.recv().await {
+            match event {
+                ManagerEvent::State(state) => self.on_state(&account, state).await,
+                ManagerEvent::Roster(items) => {
+                    for item in items {
+                        self.remember_roster_name(&account, &item);
+                        self.spawn_profile_sync(&account, item.jid.clone());
+                    }
+                }
+                ManagerEvent::Session(SessionEvent::RosterPush(items)) => {
+                    for item in items {
+                        self.remember_roster_name(&account, &item);
+                    }
+                }
+                ManagerEvent::Session(SessionEvent::Message(m)) => {
+                    self.on_xmpp_message(&account, m).await
+                }
+                ManagerEvent::Session(SessionEvent::Presence(p)) => {
+                    self.on_xmpp_presence(&account, p).await
+                }
+                ManagerEvent::Session(SessionEvent::Invalid { reason }) => {
+                    tracing::warn!(user = %account, %reason, "ignored a stanza the bridge cannot understand");
+                }
+            }
+        }
+    }
+
+    fn remember_roster_name(&self, account: &str, item: &xmpp_core::stanza::RosterItem) {
+        if let Some(name) = &item.name {
+            let mut names = self
+                .inner
+                .roster_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            names.insert((account.to_owned(), item.jid.to_string()), name.clone());
+        }
+    }
+
+    fn spawn_profile_sync(&self, account: &str, contact: Jid) {
+        let this = self.clone();
+        let account = account.to_owned();
+        tokio::spawn(async move {
+            let _permit = this.inner.profile_sync.acquire().await;
+            if let Err(e) = this.ensure_ghost(&account, &contact, true).await {
+                tracing::warn!(user = %account, contact = %contact, error = %e, "could not update a contact's profile");
+            }
+        });
+    }
+
+    async fn on_xmpp_message(&self, account: &str, m: Message) {
+        let Some(from) = m.from.as_ref().map(Jid::to_bare) else {
+            return;
+        };
+        let contact = from.to_string();
+        match m.kind {
+            MessageType::Error => {
+                let reason = m
+                    .error
+                    .as_ref()
+                    .map_or_else(|| "unknown error".to_owned(), ToString::to_string);
+                self.inner.metrics.failure("xmpp_error_reply");
+                let payload = json!({"kind": "notice", "user": account, "contact": contact,
+                    "text": format!("⚠ Your message was not delivered: {reason}")});
+                self.enqueue_to_matrix(account, &contact, &payload, None)
+                    .await;
+                return;
+            }
+            MessageType::Groupchat | MessageType::Headline => {
+                tracing::debug!(user = %account, kind = ?m.kind, "ignoring a non-chat message");
+                return;
+            }
+            MessageType::Chat | MessageType::Normal => {}
+        }
+        if let Some(state) = m.chat_state {
+            let typing = m.body.is_none() && mapping::chat_state_is_typing(state);
+            if m.body.is_none() || state != ChatState::Composing {
+                self.set_ghost_typing(account, &from, typing).await;
+            }
+        }
+        let Some(body) = m.body.filter(|b| !b.is_empty()) else {
+            return;
+        };
+        let received = now_ms();
+        let ts = m.delay.as_ref().map(xmpp_core::stanza::Delay::unix_millis);
+        let dedupe = match &m.id {
+            Some(id) => format!("{account}|{contact}|{id}"),
+            None => format!(
+                "{account}|{contact}|{}|{}",
+                short_hash(&body),
+                ts.unwrap_or(received)
+            ),
+        };
+        let payload = json!({"kind": "message", "user": account, "contact": contact, "body": body,
+            "ts": ts, "stanza_id": m.id, "received": received});
+        self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe))
+            .await;
+    }
+
+    async fn enqueue_to_matrix(
+        &self,
+        account: &str,
+        contact: &str,
+        payload: &Value,
+        dedupe: Option<&str>,
+    ) {
+        let queue = format!("{account}|{contact}");
+        let bytes = serde_json::to_vec(payload).unwrap_or_default();
+        // The store is the only place a received stanza lives: retry until it is recorded.
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .inner
+                .store
+                .enqueue(Direction::ToMatrix, &queue, &bytes, dedupe)
+                .await
+            {
+                Ok(Enqueued::Added(_)) => break,
+                Ok(Enqueued::Duplicate(_)) => {
+                    tracing::debug!(user = %account, contact, "a stanza we already have; not bridged twice");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(user = %account, error = %e, "cannot record an incoming message; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.inner.wake_to_matrix.notify_one();
+    }
+
+    async fn set_ghost_typing(&self, account: &str, contact: &Jid, typing: bool) {
+        let Ok(Some(portal)) = self.inner.store.portal(account, &contact.to_string()).await else {
+            return;
+        };
+        let Ok(room) = ruma::RoomId::parse(&portal.room_id) else {
+            return;
+        };
+        let ghost = self.inner.ghosts.user_id(contact);
+        if let Err(e) = self
+            .inner
+            .matrix
+            .set_typing(&ghost, &room, typing, Duration::from_secs(30))
+            .await
+        {
+            tracing::debug!(error = %e, "could not set typing");
+        }
+    }
+
+    async fn on_xmpp_presence(&self, account: &str, p: Presence) {
+        let Some(from) = p.from.as_ref().map(Jid::to_bare) else {
+            return;
+        };
+        match p.kind {
+            PresenceType::Subscribe => {
+                let who = p
+                    .nick
+                    .as_deref()
+                    .map_or_else(|| from.to_string(), |n| format!("{n} ({from})"));
+                self.notify_user(account, &format!("{who} wants to add you as a contact. The Messenger service does not allow changing contacts from here; accept it in another client.")).await;
+                return;
+            }
+            PresenceType::Available | PresenceType::Unavailable => {}
+            _ => return,
+        }
+        // Our own other resources are not contacts.
+        if self
+            .inner
+            .xmpp
+            .session(account)
+            .is_some_and(|s| s.jid().bare_eq(&from))
+        {
+            return;
+        }
+        let (state, status) = mapping::xmpp_presence_to_matrix(&p);
+        let key = from.to_string();
+        {
+            let mut sent = self
+                .inner
+                .presence_sent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if sent.get(&key) == Some(&(state.clone(), status.clone())) {
+                return;
+            }
+            sent.insert(key, (state.clone(), status.clone()));
+        }
+        if let Some(hash) = &p.photo_hash {
+            let known = self
+                .inner
+                .store
+                .ghost(&from.to_string())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|g| g.avatar_hash);
+            if known.as_deref() != Some(hash.as_str()) && !hash.is_empty() {
+                self.spawn_profile_sync(account, from.clone());
+            }
+        }
+        let ghost = self.inner.ghosts.user_id(&from);
+        if let Err(e) = self.ensure_registered(&ghost).await {
+            tracing::debug!(error = %e, "could not register a ghost for presence");
+            return;
+        }
+        if let Err(e) = self.inner.matrix.set_presence(&ghost, state, status).await {
+            tracing::debug!(ghost = %ghost, error = %e, "could not set a ghost's presence");
+        }
+    }
+
+    /// Registers a ghost once per run (registering an existing user is fine).
+    pub(crate) async fn ensure_registered(&self, user: &UserId) -> Result<(), MatrixError> {
+        let known = self
+            .inner
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(user.as_str());
+        if known {
+            return Ok(());
+        }
+        self.inner.matrix.register(user.localpart()).await?;
+        self.inner
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(user.to_string());
+        Ok(())
+    }
+
+    async fn deliver_to_matrix_forever(self) {
+        loop {
+            let items = match self.inner.store.claim(Direction::ToMatrix, 32, LEASE).await {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            if items.is_empty() {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    self.inner.wake_to_matrix.notified(),
+                )
+                .await;
+                continue;
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for item in items {
+                let this = self.clone();
+                tasks.spawn(async move { this.deliver_to_matrix(item).await });
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    async fn deliver_to_matrix(&self, item: ClaimedItem) {
+        let started = std::time::Instant::now();
+        let payload: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
+        let result = self.send_to_matrix(&item, &payload).await;
+        let store = &self.inner.store;
+        match result {
+            Ok(()) => {
+                if let Err(e) = store.ack(&item).await {
+                    tracing::warn!(error = %e, "could not acknowledge a delivered item");
+                }
+                if payload["kind"] == "message" {
+                    self.inner.metrics.bridged(
+                        "xmpp_to_matrix",
+                        started.elapsed(),
+                        payload["received"].as_i64(),
+                    );
+                }
+            }
+            Err(e) if e.is_transient() => {
+                let delay = retry_delay(item.attempts);
+                tracing::warn!(queue = %item.queue_key, error = %e, retry_in = ?delay, "delivery to Matrix failed; will retry");
+                if let Ok(store::RetryOutcome::GaveUp) =
+                    store.retry(&item, &e.to_string(), delay).await
+                {
+                    self.inner.metrics.failure("matrix_gave_up");
+                    tracing::error!(queue = %item.queue_key, error = %e, "gave up delivering a message to Matrix");
+                }
+            }
+            Err(e) => {
+                self.inner.metrics.failure("matrix_refused");
+                tracing::error!(queue = %item.queue_key, error = %e, "Matrix refused a message; not retrying");
+                let _ = store.give_up(&item, &e.to_string()).await;
+            }
+        }
+    }
+
+    async fn send_to_matrix(&self, item: &ClaimedItem, payload: &Value) -> Result<(), MatrixError> {
+        let (Some(user), Some(contact)) = (payload["user"].as_str(), payload["contact"].as_str())
+        else {
+            return Err(MatrixError::Invalid {
+                what: "an outbox item",
+                reason: "missing user or contact".into(),
+            });
+        };
+        let contact_jid = Jid::parse(contact).map_err(|e| MatrixError::Invalid {
+            what: "an outbox item",
+            reason: e.to_string(),
+        })?;
+        let ghost = self.ensure_ghost(user, &contact_jid, false).await?;
+        let room = self.ensure_portal(user, &contact_jid).await?;
+        match payload["kind"].as_str() {
+            Some("message") => {
+                let body = payload["body"].as_str().unwrap_or_default();
+                let ts = payload["ts"].as_i64();
+                let parts = mapping::split_text(body, MAX_MATRIX_BODY);
+                let mut last_event = None;
+                for (i, part) in parts.iter().enumerate() {
+                    let content = mapping::xmpp_body_to_matrix(part);
+                    let raw = ruma::serde::Raw::from_json(
+                        serde_json::value::to_raw_value(&content).map_err(|e| {
+                            MatrixError::Invalid {
+                                what: "a message",
+                                reason: e.to_string(),
+                            }
+                        })?,
+                    );
+                    // Derived from the outbox item: a retry after a crash reuses it, and the
+                    // homeserver answers with the event it already has.
+                    let txn = format!("xmpp-{}-{i}", item.id);
+                    let event = self
+                        .inner
+                        .matrix
+                        .send_message(&ghost, &room, &txn, raw, "m.room.message", ts)
+                        .await?;
+                    last_event = Some(event);
+                }
+                if let (Some(event), Some(stanza)) = (last_event, payload["stanza_id"].as_str()) {
+                    let _ = self
+                        .inner
+                        .store
+                        .map_message(room.as_str(), event.as_str(), stanza)
+                        .await;
+                }
+                // A message ends typing (XEP-0085 §5.3).
+                let _ = self
+                    .inner
+                    .matrix
+                    .set_typing(&ghost, &room, false, Duration::from_secs(1))
+                    .await;
+            }
+            Some("notice") => {
+                let text = payload["text"].as_str().unwrap_or("⚠");
+                let raw = ruma::serde::Raw::from_json(
+                    serde_json::value::to_raw_value(&mapping::notice(text)).map_err(|e| {
+                        MatrixError::Invalid {
+                            what: "a notice",
+                            reason: e.to_string(),
+                        }
+                    })?,
+                );
+                self.inner
+                    .matrix
+                    .send_message(
+                        &ghost,
+                        &room,
+                        &format!("xmpp-{}", item.id),
+                        raw,
+                        "m.room.message",
+                        None,
+                    )
+                    .await?;
+            }
+            other => {
+                return Err(MatrixError::Invalid {
+                    what: "an outbox item",
+                    reason: format!("unknown kind {other:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- Matrix → XMPP
+
+    async fn deliver_to_xmpp_forever(self) {
+        loop {
+            let items = match self.inner.store.claim(Direction::ToXmpp, 32, LEASE).await {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            if items.is_empty() {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    self.inner.wake_to_xmpp.notified(),
+                )
+                .await;
+                continue;
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for item in items {
+                let this = self.clone();
+                tasks.spawn(async move { this.deliver_to_xmpp(item).await });
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    async fn deliver_to_xmpp(&self, item: ClaimedItem) {
+        let started = std::time::Instant::now();
+        let event: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
+        let store = &self.inner.store;
+        match crate::events::handle_matrix_event(self, &event).await {
+            Ok(delivered) => {
+                let _ = store.ack(&item).await;
+                if delivered {
+                    self.inner
+                        .metrics
+                        .bridged("matrix_to_xmpp", started.elapsed(), None);
+                }
+            }
+            Err(crate::events::HandleError::Retry(reason)) => {
+                let delay = retry_delay(item.attempts);
+                tracing::info!(room = %item.queue_key, %reason, retry_in = ?delay, "cannot deliver to XMPP yet; will retry");
+                if let Ok(store::RetryOutcome::GaveUp) = store.retry(&item, &reason, delay).await {
+                    self.inner.metrics.failure("xmpp_gave_up");
+                    self.notice_in_room(
+                        &item.queue_key,
+                        &format!("⚠ Your message was not delivered: {reason}"),
+                    )
+                    .await;
+                }
+            }
+            Err(crate::events::HandleError::Fail(reason)) => {
+                self.inner.metrics.failure("xmpp_refused");
+                let _ = store.give_up(&item, &reason).await;
+                self.notice_in_room(
+                    &item.queue_key,
+                    &format!("⚠ Your message was not delivered: {reason}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Posts a notice in a room as the portal's ghost (or the bot elsewhere).
+    pub(crate) async fn notice_in_room(&self, room_id: &str, text: &str) {
+        let Ok(room) = ruma::RoomId::parse(room_id) else {
+            return;
+        };
+        let sender = match self.inner.store.portal_by_room(room_id).await {
+            Ok(Some(p)) => Jid::parse(&p.contact_jid).map_or_else(
+                |_| self.inner.bot.clone(),
+                |j| self.inner.ghosts.user_id(&j),
+            ),
+            _ => self.inner.bot.clone(),
+        };
+        let Ok(raw) = serde_json::value::to_raw_value(&mapping::notice(text)) else {
+            return;
+        };
+        let txn = format!("notice-{}-{}", now_ms(), rand::random::<u32>());
+        if let Err(e) = self
+            .inner
+            .matrix
+            .send_message(
+                &sender,
+                &room,
+                &txn,
+                ruma::serde::Raw::from_json(raw),
+                "m.room.message",
+                None,
+            )
+            .await
+        {
+            tracing::warn!(room = room_id, error = %e, "could not post a notice");
+        }
+    }
+
+    /// Tells a user something in their management room, if they have one.
+    pub(crate) async fn notify_user(&self, matrix_user: &str, text: &str) {
+        if let Ok(Some(user)) = self.inner.store.linked_user(matrix_user).await
+            && let Some(room) = user.management_room
+        {
+            self.bot_say(&room, text).await;
+        }
+    }
+
+    /// The bot says something in a room.
+    pub(crate) async fn bot_say(&self, room_id: &str, text: &str) {
+        let Ok(room) = ruma::RoomId::parse(room_id) else {
+            return;
+        };
+        let Ok(raw) = serde_json::value::to_raw_value(&mapping::notice(text)) else {
+            return;
+        };
+        let txn = format!("bot-{}-{}", now_ms(), rand::random::<u32>());
+        if let Err(e) = self
+            .inner
+            .matrix
+            .send_message(
+                &self.inner.bot,
+                &room,
+                &txn,
+                ruma::serde::Raw::from_json(raw),
+                "m.room.message",
+                None,
+            )
+            .await
+        {
+            tracing::warn!(room = room_id, error = %e, "the bot could not post a message");
+        }
+    }
+
+    // ---------------------------------------------------------------- connection state
+
+    async fn on_state(&self, account: &str, state: ConnectionState) {
+        let label = match &state {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected { .. } => "connected",
+            ConnectionState::TransientDisconnect { .. } => "transient_disconnect",
+            ConnectionState::BadCredentials { .. } => "bad_credentials",
+            ConnectionState::Failed { .. } => "failed",
+            ConnectionState::LoggedOut => "logged_out",
+        };
+        self.inner.metrics.session_state(account, label);
+        if let Err(e) = self.inner.store.set_connection_state(account, label).await {
+            tracing::debug!(error = %e, "could not save the connection state");
+        }
+        let previous_notified = {
+            let mut states = self
+                .inner
+                .states
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let prev = states
+                .get(account)
+                .map(|(_, notified)| *notified)
+                .unwrap_or(false);
+            let keep = matches!(
+                state,
+                ConnectionState::TransientDisconnect { .. } | ConnectionState::Connecting
+            ) && prev;
+            states.insert(account.to_owned(), (state.clone(), keep));
+            prev
+        };
+        match state {
+            ConnectionState::Connected { jid } => {
+                self.inner.wake_to_xmpp.notify_one();
+                if previous_notified {
+                    self.notify_user(
+                        account,
+                        &format!("✅ Connected again as {}.", jid.to_bare()),
+                    )
+                    .await;
+                }
+            }
+            ConnectionState::BadCredentials { reason } => {
+                self.notify_user(account, &format!("❌ The XMPP login was refused: {reason}. Send `login` to link your account again.")).await;
+            }
+            ConnectionState::Failed { reason } => {
+                self.notify_user(account, &format!("❌ Cannot connect to XMPP: {reason}. The bridge administrator needs to fix the configuration.")).await;
+            }
+            ConnectionState::TransientDisconnect { reason, .. } => {
+                // Debounced: only a disconnect that lasts gets a notice.
+                let this = self.clone();
+                let account = account.to_owned();
+                let delay = Duration::from_secs(self.inner.config.bridge.state_notice_delay_secs);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let still_down = {
+                        let mut states = this
+                            .inner
+                            .states
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        match states.get_mut(&account) {
+                            Some((
+                                ConnectionState::TransientDisconnect { .. }
+                                | ConnectionState::Connecting,
+                                notified,
+                            )) if !*notified => {
+                                *notified = true;
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if still_down {
+                        this.notify_user(&account, &format!("⚠ Lost the connection to XMPP ({reason}); reconnecting by itself. Messages you send meanwhile are delivered once it is back.")).await;
+                    }
+                });
+            }
+            ConnectionState::Connecting | ConnectionState::LoggedOut => {}
+        }
+    }
+}
+
+impl Inner {
+    /// The user sent a message in `room`: their typing there has ended.
+    pub(crate) fn typing_clear(&self, room: &str) {
+        self.typing_in
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(room);
+    }
+}
+
+impl Bridge {
+    /// Ephemeral data from a transaction: typing in portals becomes XEP-0085 chat states, and
+    /// the linked users' presence becomes their XMPP presence.
+    pub(crate) async fn on_ephemeral(&self, data: &Value) {
+        let inner = &self.inner;
+        match data["type"].as_str() {
+            Some("m.typing") => {
+                let Some(room) = data["room_id"].as_str() else {
+                    return;
+                };
+                let Ok(Some(portal)) = inner.store.portal_by_room(room).await else {
+                    return;
+                };
+                let typing = data["content"]["user_ids"].as_array().is_some_and(|ids| {
+                    ids.iter()
+                        .any(|u| u.as_str() == Some(portal.matrix_user.as_str()))
+                });
+                let changed = {
+                    let mut set = inner
+                        .typing_in
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if typing {
+                        set.insert(room.to_owned())
+                    } else {
+                        set.remove(room)
+                    }
+                };
+                if !changed {
+                    return;
+                }
+                let Ok(contact) = Jid::parse(&portal.contact_jid) else {
+                    return;
+                };
+                let state = if typing {
+                    ChatState::Composing
+                } else {
+                    ChatState::Paused
+                };
+                if let Err(e) = inner
+                    .xmpp
+                    .send_message(&portal.matrix_user, &Message::chat_state(contact, state))
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not send a chat state");
+                }
+            }
+            Some("m.presence") if inner.config.bridge.presence_from_matrix => {
+                let Some(user) = data["sender"].as_str() else {
+                    return;
+                };
+                let Some(state) = data["content"]["presence"].as_str() else {
+                    return;
+                };
+                let status = data["content"]["status_msg"].as_str().map(str::to_owned);
+                if inner.xmpp.session(user).is_none() {
+                    return;
+                }
+                {
+                    let mut last = inner
+                        .user_presence
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let now = (state.to_owned(), status.clone());
+                    if last.get(user) == Some(&now) {
+                        return;
+                    }
+                    last.insert(user.to_owned(), now);
+                }
+                let presence = mapping::matrix_presence_to_xmpp(state, status);
+                if let Err(e) = inner.xmpp.set_presence(user, presence).await {
+                    tracing::debug!(error = %e, "could not send the user's presence");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Exponential retry delay: 2 s, 4 s, … up to 5 minutes.
+fn retry_delay(attempts: i64) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 8)).unwrap_or(8);
+    Duration::from_secs(2u64 << exp).min(Duration::from_secs(300))
+}
+
+pub(crate) fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub(crate) fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(s.as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The id string of a user, checked.
+pub(crate) fn parse_user(s: &str) -> Result<OwnedUserId, MatrixError> {
+    user_id(s)
+}

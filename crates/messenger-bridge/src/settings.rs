@@ -1,0 +1,347 @@
+//! Reading and checking `config.yaml`: every problem is reported at once with the key's path,
+//! secrets can come from the environment or files, and environment variables override keys.
+
+use std::path::{Path, PathBuf};
+
+use bridge::config::BridgeConfig;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Settings {
+    #[serde(flatten)]
+    pub(crate) bridge: BridgeConfig,
+    pub(crate) database: DatabaseSettings,
+    #[serde(default)]
+    pub(crate) logging: LoggingSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct DatabaseSettings {
+    /// `sqlite:///path/to/file.db` or `postgres://…`.
+    pub(crate) url: String,
+    /// Keys for secrets at rest, `id:BASE64` (first = current), separated by commas.
+    #[serde(default)]
+    pub(crate) encryption_key: String,
+    #[serde(default = "default_max_connections")]
+    pub(crate) max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct LoggingSettings {
+    #[serde(default = "default_filter")]
+    pub(crate) filter: String,
+    #[serde(default = "default_format")]
+    pub(crate) format: String,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        Self {
+            filter: default_filter(),
+            format: default_format(),
+        }
+    }
+}
+
+fn default_filter() -> String {
+    "info".into()
+}
+fn default_format() -> String {
+    "text".into()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+
+/// Secrets that may come from `MB_<NAME>` or a file named by `MB_<NAME>_FILE`.
+const SECRETS: [(&str, &str); 5] = [
+    ("DATABASE_ENCRYPTION_KEY", "/database/encryption_key"),
+    ("APPSERVICE_AS_TOKEN", "/appservice/as_token"),
+    ("APPSERVICE_HS_TOKEN", "/appservice/hs_token"),
+    ("OAUTH_CLIENT_SECRET", "/oauth/client_secret"),
+    ("DATABASE_URL", "/database/url"),
+];
+
+/// Loads the file, applies `MB__SECTION__KEY` overrides and secret variables, fills tokens
+/// from the registration file. Returns the raw tree for checking.
+pub(crate) fn load_tree(path: &Path) -> Result<Value, Vec<String>> {
+    let built = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+        .add_source(
+            config::Environment::with_prefix("MB")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let mut tree: Value = built
+        .try_deserialize()
+        .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let mut problems = Vec::new();
+    for (name, pointer) in SECRETS {
+        let value = match std::env::var(format!("MB_{name}_FILE")) {
+            Ok(file) => match std::fs::read_to_string(&file) {
+                Ok(s) => Some(s.trim().to_owned()),
+                Err(e) => {
+                    problems.push(format!("MB_{name}_FILE: cannot read {file}: {e}"));
+                    None
+                }
+            },
+            Err(_) => std::env::var(format!("MB_{name}")).ok(),
+        };
+        if let Some(v) = value {
+            set_pointer(&mut tree, pointer, Value::String(v));
+        }
+    }
+    if let Some(reg) = tree
+        .pointer("/appservice/registration")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+    {
+        match read_registration(&reg) {
+            Ok(r) => {
+                for (key, value) in [
+                    ("as_token", r.as_token),
+                    ("hs_token", r.hs_token),
+                    ("id", r.id),
+                    ("bot_localpart", r.sender_localpart),
+                ] {
+                    let current = tree
+                        .pointer(&format!("/appservice/{key}"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    if current.is_empty() || key.ends_with("token") {
+                        set_pointer(
+                            &mut tree,
+                            &format!("/appservice/{key}"),
+                            Value::String(value),
+                        );
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("appservice.registration: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(tree)
+    } else {
+        Err(problems)
+    }
+}
+
+fn set_pointer(tree: &mut Value, pointer: &str, value: Value) {
+    let mut node = tree;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_object() {
+            *node = Value::Object(Default::default());
+        }
+        let Some(map) = node.as_object_mut() else {
+            return;
+        };
+        if i == parts.len() - 1 {
+            map.insert((*part).to_owned(), value);
+            return;
+        }
+        node = map
+            .entry((*part).to_owned())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+/// The fields of an appservice registration the bridge needs.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Registration {
+    pub(crate) id: String,
+    pub(crate) as_token: String,
+    pub(crate) hs_token: String,
+    pub(crate) sender_localpart: String,
+}
+
+pub(crate) fn read_registration(path: &Path) -> Result<Registration, String> {
+    let built = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+        .build()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    built
+        .try_deserialize()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Checks the tree; returns every problem with the key's path and what to do.
+pub(crate) fn check(tree: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let s = |ptr: &str| {
+        tree.pointer(ptr)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let key = |ptr: &str| ptr.trim_start_matches('/').replace('/', ".");
+    for required in [
+        "/homeserver/url",
+        "/homeserver/server_name",
+        "/xmpp/domain",
+        "/database/url",
+    ] {
+        if s(required).is_none() {
+            p.push(format!("{}: missing; set it in config.yaml", key(required)));
+        }
+    }
+    if let Some(url) = s("/homeserver/url")
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        p.push(format!("homeserver.url: {url:?} is not an http(s) URL"));
+    }
+    if let Some(name) = s("/homeserver/server_name")
+        && ruma::ServerName::parse(name).is_err()
+    {
+        p.push(format!(
+            "homeserver.server_name: {name:?} is not a valid server name"
+        ));
+    }
+    for token in ["/appservice/as_token", "/appservice/hs_token"] {
+        if s(token).is_none() {
+            p.push(format!("{}: missing; set appservice.registration to the file written by `messenger-bridge generate-registration`", key(token)));
+        }
+    }
+    if let Some(listen) = s("/appservice/listen")
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        p.push(format!(
+            "appservice.listen: {listen:?} is not an address like 127.0.0.1:29317"
+        ));
+    }
+    if let Some(profile) = s("/xmpp/profile")
+        && xmpp_core::ServerProfile::parse(profile).is_none()
+    {
+        p.push(format!(
+            "xmpp.profile: {profile:?} must be `messenger` or `standard`"
+        ));
+    }
+    if let Some(port) = tree.pointer("/xmpp/port")
+        && port.as_u64().is_none_or(|n| n == 0 || n > 65535)
+    {
+        p.push(format!("xmpp.port: {port} is not a port number"));
+    }
+    if let Some(ca) = s("/xmpp/ca_file")
+        && !Path::new(ca).is_file()
+    {
+        p.push(format!("xmpp.ca_file: {ca} does not exist"));
+    }
+    if let Some(url) = s("/database/url")
+        && let Err(e) = store::DatabaseUrl::parse(url)
+    {
+        p.push(format!("database.url: {e}"));
+    }
+    match s("/database/encryption_key") {
+        None => p.push("database.encryption_key: missing; generate one with `messenger-bridge generate-key` (or set MB_DATABASE_ENCRYPTION_KEY / MB_DATABASE_ENCRYPTION_KEY_FILE)".into()),
+        Some(k) => {
+            if let Err(e) = store::Keyring::parse(k) {
+                p.push(format!("database.encryption_key: {e}"));
+            }
+        }
+    }
+    if let Some(perms) = tree.pointer("/bridge/permissions") {
+        match perms.as_object() {
+            Some(map) => {
+                for (who, level) in map {
+                    if !matches!(level.as_str(), Some("user" | "admin" | "none")) {
+                        p.push(format!(
+                            "bridge.permissions.{who}: {level} must be `user`, `admin` or `none`"
+                        ));
+                    }
+                }
+            }
+            None => p.push("bridge.permissions: must be a map of user/server → level".into()),
+        }
+    } else {
+        p.push(
+            "bridge.permissions: missing; nobody could use the bridge (e.g. `example.org: user`)"
+                .into(),
+        );
+    }
+    if let Some(oauth) = tree.get("oauth").filter(|o| !o.is_null()) {
+        for k in ["authorize_url", "token_url", "client_id"] {
+            if oauth
+                .get(k)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                p.push(format!("oauth.{k}: missing"));
+            }
+        }
+    } else if s("/xmpp/profile").unwrap_or("messenger") == "messenger" {
+        p.push("oauth: missing; the messenger profile logs in with OAuth 2.0 (see config.example.yaml)".into());
+    }
+    if let Some(f) = s("/logging/format")
+        && !matches!(f, "text" | "json")
+    {
+        p.push(format!("logging.format: {f:?} must be `text` or `json`"));
+    }
+    // Type errors the checks above do not cover come from deserializing.
+    if p.is_empty()
+        && let Err(e) = serde_json::from_value::<Settings>(tree.clone())
+    {
+        p.push(format!("config: {e}"));
+    }
+    p
+}
+
+/// Loads and checks; `Err` lists every problem.
+pub(crate) fn load(path: &Path) -> Result<Settings, Vec<String>> {
+    let tree = load_tree(path)?;
+    let problems = check(&tree);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    serde_json::from_value(tree).map_err(|e| vec![format!("config: {e}")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let tree = json!({
+            "homeserver": {"url": "ftp://x", "server_name": ""},
+            "appservice": {"listen": "nowhere"},
+            "xmpp": {"profile": "aim", "port": 70000},
+            "database": {"url": "mysql://x", "encryption_key": "nope"},
+            "bridge": {"permissions": {"*": "root"}},
+            "logging": {"format": "xml"},
+        });
+        let problems = check(&tree);
+        for needle in [
+            "homeserver.server_name: missing",
+            "homeserver.url: \"ftp://x\"",
+            "xmpp.domain: missing",
+            "appservice.as_token: missing",
+            "appservice.hs_token: missing",
+            "appservice.listen",
+            "xmpp.profile",
+            "xmpp.port",
+            "database.url",
+            "database.encryption_key",
+            "bridge.permissions.*",
+            "logging.format",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(needle)),
+                "no problem starting with {needle:?} in {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_pointer_creates_sections() {
+        let mut v = json!({});
+        set_pointer(&mut v, "/a/b", json!("x"));
+        assert_eq!(v, json!({"a": {"b": "x"}}));
+    }
+}
