@@ -126,6 +126,49 @@ pub async fn revoke_token(env: &StackEnv, token: &str) {
     );
 }
 
+/// Creates a Matrix user on the stack's Synapse with the shared-secret admin API
+/// (`/_synapse/admin/v1/register`, HMAC-SHA1 of `nonce\0user\0password\0notadmin`).
+pub async fn register_matrix_user(env: &StackEnv, username: &str, password: &str) {
+    use hmac::{Hmac, Mac};
+    let url = format!("{}/_synapse/admin/v1/register", env.get("SYNAPSE_URL"));
+    let http = reqwest::Client::new();
+    let nonce: Value =
+        serde_json::from_slice(&http.get(&url).send().await.unwrap().bytes().await.unwrap())
+            .unwrap();
+    let nonce = nonce["nonce"].as_str().unwrap().to_owned();
+    let mut mac =
+        <Hmac<sha1::Sha1> as Mac>::new_from_slice(env.get("SYNAPSE_SHARED_SECRET").as_bytes())
+            .unwrap();
+    mac.update(format!("{nonce}\0{username}\0{password}\0notadmin").as_bytes());
+    let mac: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let body = json!({"nonce": nonce, "username": username, "password": password, "admin": false, "mac": mac});
+    let response = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    // An existing user is fine: tests that need a fresh one use unique names.
+    assert!(
+        status.is_success() || text.contains("M_USER_IN_USE"),
+        "registering @{username} failed: {status} {text}"
+    );
+}
+
+/// A token response for the bridge's own OAuth client, as JSON for `messenger-bridge link`.
+pub async fn bridge_tokens_json(env: &StackEnv, user: &str) -> String {
+    let t = oauth_tokens(env, user, "messenger-bridge").await;
+    json!({"access_token": t.access_token, "refresh_token": t.refresh_token, "expires_in": t.expires_in}).to_string()
+}
+
 /// How a contact logs in.
 #[derive(Debug, Clone)]
 pub enum ContactLogin {

@@ -292,6 +292,7 @@ impl Driver {
                         Some(Incoming::Failed(e)) => {
                             // RFC 6120 §4.9: tell the server why before closing.
                             let _ = self.write_raw(&format!("{}{}", StreamError::to_xml(e.condition()), xml::STREAM_CLOSE)).await;
+                            let _ = timeout(Duration::from_secs(2), self.write.shutdown()).await;
                             Err(SessionEnd::BadXml(e))
                         }
                         Some(Incoming::Eof) | None => Err(SessionEnd::Io("the server closed the connection".into())),

@@ -35,8 +35,13 @@ async fn read_until<S: AsyncRead + Unpin>(s: &mut S, pattern: &str) -> String {
     while !String::from_utf8_lossy(&got).contains(pattern) {
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
-            .unwrap()
-            .unwrap();
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the client sent nothing more; so far: {}",
+                    String::from_utf8_lossy(&got)
+                )
+            })
+            .unwrap_or(0);
         if n == 0 {
             break;
         }

@@ -1,0 +1,1004 @@
+//! Seeded property tests for the incremental stream parser ([`StreamParser`]).
+//!
+//! Three properties, each over generated input from a small seeded PRNG (no dependency, same
+//! cases on every machine):
+//! - well-formed streams of random stanzas parse to exactly the generated elements, whatever
+//!   the points where the bytes are split, and survive a round trip through `Element::to_xml`;
+//! - mutated, truncated and random bytes never panic or spin; the parser returns events or an
+//!   `XmlError`, the outcome does not depend on how the bytes were split, and an error sticks;
+//! - an endless unclosed stanza is refused with `StanzaTooLarge` before more than
+//!   `max_stanza_bytes` plus one read chunk has been buffered.
+//!
+//! The default case counts keep this under a few seconds in a debug build. To search longer,
+//! multiply them: `PARSER_FUZZ_ITERATIONS=50 cargo test -p xmpp-core --test parser_properties`.
+//! A failure prints the case seed; `PARSER_FUZZ_SEED=<seed>` reruns only that case.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use xmpp_core::ns;
+use xmpp_core::xml::{Element, StreamEvent, StreamHeader, StreamLimits, StreamParser, XmlError};
+
+/// Base seeds; every case seed is derived from one of these and the case number.
+const SEEDS: [u64; 4] = [0x5EED_0001, 0xC0FF_EE00_1234, 0x0BAD_F00D, 42];
+/// Cases per seed and property at `PARSER_FUZZ_ITERATIONS=1`.
+const WELL_FORMED_CASES: u64 = 250;
+const MUTATION_CASES: u64 = 750;
+const RANDOM_BYTES_CASES: u64 = 250;
+/// A case (or a whole property) that takes longer than this is treated as a hang.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+const STREAM_NS: &str = "http://etherx.jabber.org/streams";
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic randomness
+// ---------------------------------------------------------------------------------------------
+
+/// SplitMix64: tiny, fast and good enough to drive generators.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True with probability `percent`/100.
+    fn chance(&mut self, percent: u32) -> bool {
+        self.below(100) < percent as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+fn iterations() -> u64 {
+    std::env::var("PARSER_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The case seeds of one property: `PARSER_FUZZ_SEED` alone, or `per_seed` cases per base seed.
+fn case_seeds(property: u64, per_seed: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("PARSER_FUZZ_SEED")
+        .ok()
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+    {
+        return vec![seed];
+    }
+    let per_seed = per_seed * iterations();
+    SEEDS
+        .iter()
+        .flat_map(|base| {
+            (0..per_seed).map(move |i| Rng::new(base ^ (property << 56) ^ i).next_u64())
+        })
+        .collect()
+}
+
+/// Runs `case` for every seed on a worker thread, failing with the seed on a panic and on a
+/// hang (the parser must never loop forever).
+fn run_cases(property: u64, per_seed: u64, case: fn(u64)) {
+    let seeds = case_seeds(property, per_seed);
+    let current = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker_current = Arc::clone(&current);
+    let worker = std::thread::spawn(move || {
+        for seed in seeds {
+            worker_current.store(seed, Ordering::SeqCst);
+            let outcome = std::panic::catch_unwind(|| case(seed));
+            if outcome.is_err() {
+                let _ = done_tx.send(Err(seed));
+                return;
+            }
+        }
+        let _ = done_tx.send(Ok(()));
+    });
+    match done_rx.recv_timeout(WATCHDOG) {
+        Ok(Ok(())) => worker.join().expect("worker finished"),
+        Ok(Err(seed)) => panic!("case failed; rerun with PARSER_FUZZ_SEED={seed:x}"),
+        Err(_) => panic!(
+            "no answer within {WATCHDOG:?}: the parser may be looping; last case \
+             PARSER_FUZZ_SEED={:x}",
+            current.load(Ordering::SeqCst)
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generating well-formed streams together with what they must parse to
+// ---------------------------------------------------------------------------------------------
+
+/// Characters for names after the first; 'é' keeps non-ASCII names covered.
+const NAME_REST: &[char] = &[
+    'a', 'b', 'c', 'm', 'q', 'z', 'A', 'Z', '0', '7', '9', '-', '_', '.', 'é',
+];
+const NAME_FIRST: &[char] = &['a', 'b', 'c', 'm', 'q', 'z', 'A', 'Z', '_', 'é'];
+/// Literal text characters. No '<', '&' (need escaping), ']' (avoids `]]>`), '\r' (line-end
+/// normalisation would change it).
+const TEXT_CHARS: &[char] = &[
+    'a', 'b', 'z', ' ', ' ', '\n', '\t', '>', '\'', '"', '/', '=', '?', '!', 'é', '☺', '😀', '0',
+];
+/// Characters written as character references (no '\r', which a round trip cannot keep).
+const REF_CHARS: &[char] = &[
+    '<', '&', '>', '\'', '"', 'A', 'é', '☺', '😀', '\n', '\t', ']',
+];
+/// CDATA content may hold markup characters; `]]>` is filtered out.
+const CDATA_CHARS: &[char] = &['<', '&', '>', ']', '\'', '"', 'x', ' ', '\n', '☺', '/', '!'];
+const ATTR_CHARS: &[char] = &['a', 'z', ' ', '>', '/', '=', '?', 'é', '😀', '0', ':'];
+const WELL_KNOWN_STANZAS: &[&str] = &["message", "presence", "iq"];
+
+/// Generated XML text plus the tree it must parse to.
+struct Generator<'r> {
+    rng: &'r mut Rng,
+    max_depth: usize,
+    /// Prefixes declared so far, each unique, with their namespace.
+    next_ns: usize,
+}
+
+/// What is in scope for an element being generated.
+#[derive(Clone)]
+struct Scope {
+    default_ns: String,
+    prefixes: Vec<(String, String)>,
+}
+
+impl Generator<'_> {
+    fn name(&mut self) -> String {
+        loop {
+            let len = 1 + self.rng.below(8);
+            let mut s = String::new();
+            s.push(*self.rng.pick(NAME_FIRST));
+            for _ in 1..len {
+                s.push(*self.rng.pick(NAME_REST));
+            }
+            // Names starting with "xml" are reserved (XML 1.0 §2.3).
+            if !s.to_ascii_lowercase().starts_with("xml") {
+                return s;
+            }
+        }
+    }
+
+    fn fresh_ns(&mut self) -> String {
+        self.next_ns += 1;
+        // Escapes in namespace URIs must be resolved before the URI is compared.
+        if self.rng.chance(20) {
+            format!("urn:x:{}&amp;y", self.next_ns)
+        } else {
+            format!("urn:x:{}", self.next_ns)
+        }
+    }
+
+    fn space(&mut self) -> &'static str {
+        *self.rng.pick(&[" ", " ", " ", "  ", "\n", "\t", " \n "])
+    }
+
+    /// An attribute value as written and as parsed.
+    fn attr_value(&mut self, quote: char) -> (String, String) {
+        let mut raw = String::new();
+        let mut value = String::new();
+        for _ in 0..self.rng.below(12) {
+            match self.rng.below(10) {
+                0 => {
+                    let (esc, c) = *self.rng.pick(&[
+                        ("&amp;", '&'),
+                        ("&lt;", '<'),
+                        ("&gt;", '>'),
+                        ("&apos;", '\''),
+                        ("&quot;", '"'),
+                    ]);
+                    raw.push_str(esc);
+                    value.push(c);
+                }
+                1 => {
+                    // Character references; whitespace ones are left out because a literal
+                    // newline in a value does not survive attribute-value normalisation on
+                    // the way back in.
+                    let c = *self.rng.pick(&['<', '&', 'A', 'é', '😀', '\'', '"']);
+                    raw.push_str(&char_ref(self.rng, c));
+                    value.push(c);
+                }
+                2 => {
+                    // The other quote needs no escape.
+                    let other = if quote == '\'' { '"' } else { '\'' };
+                    raw.push(other);
+                    value.push(other);
+                }
+                3 => {
+                    // XML 1.0 §3.3.3: literal tab and newline become spaces.
+                    raw.push(*self.rng.pick(&['\t', '\n']));
+                    value.push(' ');
+                }
+                _ => {
+                    let c = *self.rng.pick(ATTR_CHARS);
+                    raw.push(c);
+                    value.push(c);
+                }
+            }
+        }
+        (raw, value)
+    }
+
+    /// Generates one element at nesting `level` (the stanza is 1) into `out`.
+    fn element(&mut self, out: &mut String, level: usize, scope: &Scope, name: String) -> Element {
+        let mut scope = scope.clone();
+        let mut decls = Vec::new();
+        if level > 1 && self.rng.chance(30) {
+            let uri = self.fresh_ns();
+            decls.push((String::from("xmlns"), uri.clone()));
+            scope.default_ns = uri.replace("&amp;", "&");
+        }
+        // Element prefix: none, one in scope, or a new one declared here.
+        let mut prefix = None;
+        if level > 1 && self.rng.chance(25) {
+            if !scope.prefixes.is_empty() && self.rng.chance(50) {
+                prefix = Some(self.rng.pick(&scope.prefixes).0.clone());
+            } else {
+                let p = format!("p{}", self.next_ns);
+                let uri = self.fresh_ns();
+                decls.push((format!("xmlns:{p}"), uri.clone()));
+                scope.prefixes.push((p.clone(), uri.replace("&amp;", "&")));
+                prefix = Some(p);
+            }
+        }
+        let element_ns = match &prefix {
+            Some(p) => scope
+                .prefixes
+                .iter()
+                .rev()
+                .find(|(k, _)| k == p)
+                .map(|(_, v)| v.clone())
+                .expect("prefix in scope"),
+            None => scope.default_ns.clone(),
+        };
+        let qname = match &prefix {
+            Some(p) => format!("{p}:{name}"),
+            None => name.clone(),
+        };
+        let mut expected = Element::new(name, element_ns);
+
+        out.push('<');
+        out.push_str(&qname);
+        let mut attrs: Vec<(String, String, bool)> =
+            decls.into_iter().map(|(k, v)| (k, v, true)).collect();
+        let mut used: Vec<String> = Vec::new();
+        for _ in 0..self.rng.below(4) {
+            let key = if self.rng.chance(10) {
+                String::from("xml:lang")
+            } else {
+                self.name()
+            };
+            if used.contains(&key) {
+                continue;
+            }
+            used.push(key.clone());
+            attrs.push((key, String::new(), false));
+        }
+        // Declarations may come anywhere among the attributes.
+        for i in (1..attrs.len()).rev() {
+            attrs.swap(i, self.rng.below(i + 1));
+        }
+        let mut parsed_attrs = Vec::new();
+        for (key, decl_value, is_decl) in attrs {
+            let quote = if self.rng.chance(50) { '\'' } else { '"' };
+            let (raw, value) = if is_decl {
+                (decl_value, String::new())
+            } else {
+                self.attr_value(quote)
+            };
+            out.push_str(self.space());
+            out.push_str(&key);
+            if self.rng.chance(10) {
+                out.push_str(self.space());
+                out.push('=');
+                out.push_str(self.space());
+            } else {
+                out.push('=');
+            }
+            out.push(quote);
+            out.push_str(&raw);
+            out.push(quote);
+            if !is_decl {
+                parsed_attrs.push((key, value));
+            }
+        }
+        for (k, v) in parsed_attrs {
+            expected.set_attr(k, v);
+        }
+        if self.rng.chance(10) {
+            out.push_str(self.space());
+        }
+
+        let childless = self
+            .rng
+            .chance(if level >= self.max_depth { 60 } else { 25 });
+        if childless && self.rng.chance(70) {
+            out.push_str("/>");
+            return expected;
+        }
+        out.push('>');
+        if !childless {
+            for _ in 0..self.rng.below(5) {
+                if level < self.max_depth && self.rng.chance(45) {
+                    let child_name = self.name();
+                    let child = self.element(out, level + 1, &scope, child_name);
+                    expected.push_child(child);
+                } else {
+                    let text = self.text(out);
+                    expected.push_text(text);
+                }
+            }
+        }
+        out.push_str("</");
+        out.push_str(&qname);
+        if self.rng.chance(10) {
+            out.push_str(self.space());
+        }
+        out.push('>');
+        expected
+    }
+
+    /// A run of character data (literal, escaped, character references, CDATA); returns the
+    /// text it stands for.
+    fn text(&mut self, out: &mut String) -> String {
+        let mut text = String::new();
+        for _ in 0..1 + self.rng.below(6) {
+            match self.rng.below(8) {
+                0 => {
+                    let (esc, c) = *self.rng.pick(&[
+                        ("&amp;", '&'),
+                        ("&lt;", '<'),
+                        ("&gt;", '>'),
+                        ("&apos;", '\''),
+                        ("&quot;", '"'),
+                    ]);
+                    out.push_str(esc);
+                    text.push(c);
+                }
+                1 => {
+                    let c = *self.rng.pick(REF_CHARS);
+                    out.push_str(&char_ref(self.rng, c));
+                    text.push(c);
+                }
+                2 => {
+                    let mut body = String::new();
+                    for _ in 0..self.rng.below(10) {
+                        body.push(*self.rng.pick(CDATA_CHARS));
+                    }
+                    let body = body.replace("]]>", "]] >");
+                    out.push_str("<![CDATA[");
+                    out.push_str(&body);
+                    out.push_str("]]>");
+                    text.push_str(&body);
+                }
+                _ => {
+                    for _ in 0..1 + self.rng.below(10) {
+                        let c = *self.rng.pick(TEXT_CHARS);
+                        out.push(c);
+                        text.push(c);
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    /// A stanza (or nonza) at depth 1.
+    fn stanza(&mut self, out: &mut String) -> Element {
+        let scope = Scope {
+            default_ns: ns::CLIENT.to_owned(),
+            prefixes: Vec::new(),
+        };
+        let name = if self.rng.chance(60) {
+            (*self.rng.pick(WELL_KNOWN_STANZAS)).to_owned()
+        } else {
+            self.name()
+        };
+        self.element(out, 1, &scope, name)
+    }
+}
+
+fn char_ref(rng: &mut Rng, c: char) -> String {
+    if rng.chance(50) {
+        format!("&#{};", c as u32)
+    } else if rng.chance(50) {
+        format!("&#x{:X};", c as u32)
+    } else {
+        format!("&#x{:x};", c as u32)
+    }
+}
+
+/// A stream header, opening tag only, and what it parses to.
+fn header(rng: &mut Rng) -> (String, StreamHeader) {
+    let q = if rng.chance(50) { '\'' } else { '"' };
+    let id = format!("s{}", rng.below(100_000));
+    let mut out = String::new();
+    if rng.chance(70) {
+        out.push_str(&format!("<?xml version={q}1.0{q}?>"));
+        if rng.chance(30) {
+            out.push('\n');
+        }
+    }
+    let mut attrs = vec![
+        format!("xmlns={q}jabber:client{q}"),
+        format!("xmlns:stream={q}{STREAM_NS}{q}"),
+        format!("from={q}example.org{q}"),
+        format!("id={q}{id}{q}"),
+        format!("version={q}1.0{q}"),
+        format!("xml:lang={q}en{q}"),
+    ];
+    for i in (1..attrs.len()).rev() {
+        attrs.swap(i, rng.below(i + 1));
+    }
+    out.push_str("<stream:stream");
+    for a in attrs {
+        out.push(' ');
+        out.push_str(&a);
+    }
+    out.push('>');
+    let expected = StreamHeader {
+        from: Some("example.org".into()),
+        to: None,
+        id: Some(id),
+        version: Some("1.0".into()),
+        lang: Some("en".into()),
+        default_ns: ns::CLIENT.to_owned(),
+    };
+    (out, expected)
+}
+
+/// A whole well-formed stream and the events it must produce.
+fn well_formed_stream(rng: &mut Rng, max_depth: usize) -> (Vec<u8>, Vec<StreamEvent>) {
+    let (mut out, head) = header(rng);
+    let mut events = vec![StreamEvent::Open(head)];
+    let mut generator = Generator {
+        rng,
+        max_depth,
+        next_ns: 0,
+    };
+    for _ in 0..1 + generator.rng.below(8) {
+        if generator.rng.chance(30) {
+            // Whitespace keepalives between stanzas (RFC 6120 §4.6.1).
+            out.push_str(*generator.rng.pick(&[" ", "\n", "\r\n", "\t \n"]));
+        }
+        let el = generator.stanza(&mut out);
+        events.push(StreamEvent::Stanza(el));
+    }
+    if generator.rng.chance(70) {
+        out.push_str("</stream:stream>");
+        events.push(StreamEvent::Close);
+    }
+    (out.into_bytes(), events)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driving the parser
+// ---------------------------------------------------------------------------------------------
+
+/// What feeding a byte sequence produced: the events and, if it failed, the error.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    events: Vec<StreamEvent>,
+    error: Option<XmlError>,
+}
+
+/// Random split points: mostly small pieces, sometimes single bytes, sometimes large ones.
+fn split_points(rng: &mut Rng, len: usize) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let step = match rng.below(4) {
+            0 => 1,
+            1 => 1 + rng.below(8),
+            2 => 1 + rng.below(64),
+            _ => 1 + rng.below(len.max(1)),
+        };
+        at = (at + step).min(len);
+        cuts.push(at);
+    }
+    cuts
+}
+
+/// Feeds `bytes` in the given pieces, draining events after every push. Checks on the way that
+/// the parser never produces more events than it got bytes (no spinning) and that an error,
+/// once returned, is returned again for every later call and push.
+fn feed(limits: StreamLimits, bytes: &[u8], cuts: &[usize]) -> Outcome {
+    let mut parser = StreamParser::new(limits);
+    let mut events = Vec::new();
+    let mut from = 0;
+    for &to in cuts.iter().chain(std::iter::once(&bytes.len())) {
+        if to < from {
+            continue;
+        }
+        parser.push(&bytes[from..to]);
+        let pushed = to - from;
+        from = to;
+        let mut produced = 0;
+        loop {
+            match parser.next_event() {
+                Ok(Some(e)) => {
+                    produced += 1;
+                    // Every event consumes at least one byte; more events than bytes means
+                    // the parser is repeating itself.
+                    assert!(
+                        produced <= pushed + 1,
+                        "{produced} events from a push of {pushed} bytes"
+                    );
+                    events.push(e);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    assert_error_sticks(&mut parser, &e);
+                    return Outcome {
+                        events,
+                        error: Some(e),
+                    };
+                }
+            }
+        }
+    }
+    Outcome {
+        events,
+        error: None,
+    }
+}
+
+fn assert_error_sticks(parser: &mut StreamParser, e: &XmlError) {
+    for _ in 0..3 {
+        assert_eq!(parser.next_event().as_ref(), Err(e), "the error must stick");
+    }
+    parser.push(b"<presence/></stream:stream>");
+    assert_eq!(
+        parser.next_event().as_ref(),
+        Err(e),
+        "the error must stick after more bytes"
+    );
+}
+
+fn limits(max_depth: usize) -> StreamLimits {
+    StreamLimits {
+        max_stanza_bytes: 256 * 1024,
+        max_depth,
+    }
+}
+
+/// Parses one element through a fresh stream.
+fn reparse(xml: &str) -> Element {
+    let stream = format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='{STREAM_NS}'>{xml}</stream:stream>"
+    );
+    let out = feed(limits(64), stream.as_bytes(), &[]);
+    assert_eq!(out.error, None, "re-parsing {xml}");
+    match out.events.as_slice() {
+        [
+            StreamEvent::Open(_),
+            StreamEvent::Stanza(el),
+            StreamEvent::Close,
+        ] => el.clone(),
+        other => panic!("re-parsing {xml} gave {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+fn well_formed_case(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let max_depth = 2 + rng.below(8);
+    let (bytes, expected) = well_formed_stream(&mut rng, max_depth);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+
+    let whole = feed(limits(max_depth), &bytes, &[]);
+    assert_eq!(whole.error, None, "stream: {text}");
+    assert_eq!(whole.events, expected, "stream: {text}");
+
+    for _ in 0..3 {
+        let cuts = split_points(&mut rng, bytes.len());
+        let split = feed(limits(max_depth), &bytes, &cuts);
+        assert_eq!(split, whole, "cuts {cuts:?} of {text}");
+    }
+    let bytewise: Vec<usize> = (1..bytes.len()).collect();
+    assert_eq!(feed(limits(max_depth), &bytes, &bytewise), whole);
+
+    for event in &whole.events {
+        if let StreamEvent::Stanza(el) = event {
+            let xml = el.to_xml();
+            assert_eq!(&reparse(&xml), el, "round trip of {xml}");
+        }
+    }
+}
+
+#[test]
+fn well_formed_streams_parse_to_the_generated_elements_however_split() {
+    run_cases(1, WELL_FORMED_CASES, well_formed_case);
+}
+
+/// Byte strings that make mutations hit the parser's interesting paths.
+const TOKENS: &[&[u8]] = &[
+    b"<",
+    b">",
+    b"/>",
+    b"</",
+    b"'",
+    b"\"",
+    b"&",
+    b"&amp;",
+    b"&#",
+    b"&#x110000;",
+    b"&#0;",
+    b"&lol;",
+    b"<![CDATA[",
+    b"]]>",
+    b"<!--",
+    b"<!DOCTYPE x>",
+    b"<?xml version='1.0'?>",
+    b"<?pi?>",
+    b"</stream:stream>",
+    b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+    b"xmlns='urn:x'",
+    b"xmlns:p='urn:p'",
+    b"p:",
+    b"=",
+    b" ",
+    b"\xff",
+    b"\xc3",
+    b"\xe2\x98",
+    b"\0",
+];
+
+fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
+    for _ in 0..1 + rng.below(4) {
+        let len = bytes.len();
+        match rng.below(6) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                bytes[i] = rng.next_u64() as u8;
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                let end = (i + 1 + rng.below(16)).min(len);
+                bytes.drain(i..end);
+            }
+            2 => {
+                let i = rng.below(len + 1);
+                let token = *rng.pick(TOKENS);
+                bytes.splice(i..i, token.iter().copied());
+            }
+            3 if len > 0 => bytes.truncate(rng.below(len)),
+            4 if len > 0 => {
+                // Duplicate a slice elsewhere (unbalanced tags, repeated attributes).
+                let i = rng.below(len);
+                let end = (i + 1 + rng.below(32)).min(len);
+                let piece = bytes[i..end].to_vec();
+                let at = rng.below(len + 1);
+                bytes.splice(at..at, piece);
+            }
+            _ => {
+                let i = rng.below(len + 1);
+                let b = rng.next_u64() as u8;
+                bytes.insert(i, b);
+            }
+        }
+    }
+}
+
+/// Random input is parsed the same whether fed whole or split: the same events, then the same
+/// error. Two differences are tolerated, each pinned by an ignored test below until the parser
+/// is changed: the detail text of `Restricted` (the condition must still agree), and where the
+/// size limit bites, since a construct that arrives whole is not size-checked at its end.
+fn same_outcome_however_split(rng: &mut Rng, limits: StreamLimits, bytes: &[u8]) {
+    let whole = feed(limits, bytes, &[]);
+    let cuts = split_points(rng, bytes.len());
+    let split = feed(limits, bytes, &cuts);
+    let context = || format!("cuts {cuts:?} of {:?}", String::from_utf8_lossy(bytes));
+    let too_large = |o: &Outcome| matches!(o.error, Some(XmlError::StanzaTooLarge { .. }));
+    if too_large(&whole) || too_large(&split) {
+        let n = whole.events.len().min(split.events.len());
+        assert_eq!(whole.events[..n], split.events[..n], "{}", context());
+        return;
+    }
+    assert_eq!(whole.events, split.events, "{}", context());
+    assert_eq!(
+        whole.error.as_ref().map(XmlError::condition),
+        split.error.as_ref().map(XmlError::condition),
+        "{}: {:?} / {:?}",
+        context(),
+        whole.error,
+        split.error
+    );
+    if !matches!(whole.error, Some(XmlError::Restricted(_))) {
+        assert_eq!(whole.error, split.error, "{}", context());
+    }
+}
+
+fn mutation_case(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let max_depth = 2 + rng.below(6);
+    let (mut bytes, _) = well_formed_stream(&mut rng, max_depth);
+    mutate(&mut rng, &mut bytes);
+    // Small limits now and then, so that the size checks meet broken input too.
+    let limits = StreamLimits {
+        max_stanza_bytes: if rng.chance(20) {
+            64 + rng.below(512)
+        } else {
+            256 * 1024
+        },
+        max_depth,
+    };
+    same_outcome_however_split(&mut rng, limits, &bytes);
+}
+
+#[test]
+fn mutated_streams_give_events_or_a_sticky_error_however_split() {
+    run_cases(2, MUTATION_CASES, mutation_case);
+}
+
+fn random_bytes_case(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let len = rng.below(600);
+    // Half the cases start with a valid header so that the random part reaches the framer.
+    let mut bytes = if rng.chance(50) {
+        header(&mut rng).0.into_bytes()
+    } else {
+        Vec::new()
+    };
+    let markup_heavy = rng.chance(50);
+    for _ in 0..len {
+        if markup_heavy && rng.chance(30) {
+            bytes.extend_from_slice(*rng.pick(TOKENS));
+        } else {
+            bytes.push(rng.next_u64() as u8);
+        }
+    }
+    same_outcome_however_split(&mut rng, limits(8), &bytes);
+}
+
+#[test]
+fn random_bytes_give_events_or_a_sticky_error_however_split() {
+    run_cases(3, RANDOM_BYTES_CASES, random_bytes_case);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory bound, observed from outside: an endless stanza is refused in time
+// ---------------------------------------------------------------------------------------------
+
+/// The socket read size the session uses is 4 KiB; 16 KiB covers larger reads too.
+const CHUNK: usize = 16 * 1024;
+
+/// Opens a stream, starts a stanza with `opening`, then pushes `filler` in `CHUNK`-sized reads
+/// until the parser refuses. Returns the bytes of the stanza buffered when it did.
+fn bytes_until_refused(max_stanza_bytes: usize, opening: &[u8], filler: &[u8]) -> usize {
+    let mut parser = StreamParser::new(StreamLimits {
+        max_stanza_bytes,
+        max_depth: 1 << 20,
+    });
+    parser.push(
+        format!("<stream:stream xmlns='jabber:client' xmlns:stream='{STREAM_NS}'>").as_bytes(),
+    );
+    assert!(matches!(
+        parser.next_event(),
+        Ok(Some(StreamEvent::Open(_)))
+    ));
+    // Whole fillers only, so that every read continues the same construct.
+    let chunk = filler.repeat(CHUNK / filler.len());
+    parser.push(opening);
+    let mut buffered = opening.len();
+    loop {
+        match parser.next_event() {
+            Ok(None) => {}
+            Ok(Some(e)) => panic!("unexpected event {e:?}"),
+            Err(e) => {
+                assert_eq!(
+                    e,
+                    XmlError::StanzaTooLarge {
+                        limit: max_stanza_bytes
+                    }
+                );
+                assert_error_sticks(&mut parser, &e);
+                return buffered;
+            }
+        }
+        assert!(
+            buffered <= max_stanza_bytes + CHUNK,
+            "{buffered} bytes of one stanza buffered with a limit of {max_stanza_bytes}"
+        );
+        parser.push(&chunk);
+        buffered += chunk.len();
+    }
+}
+
+#[test]
+fn endless_stanzas_are_refused_within_the_limit_plus_one_read() {
+    let cases: &[(&str, &[u8], &[u8])] = &[
+        ("text", b"<message><body>", b"a"),
+        ("escaped text", b"<message><body>", b"&amp;&#x263A;"),
+        ("unclosed attribute", b"<message id='", b"x"),
+        ("unclosed start tag", b"<message", b" a='1' b=\"2\""),
+        ("long element name", b"<m", b"e"),
+        ("many children", b"<message>", b"<x a='1'/>"),
+        ("unclosed CDATA", b"<message><body><![CDATA[", b"]]"),
+        ("children never closed", b"<iq>", b"<q>t</q><r>"),
+    ];
+    for max in [1_000, 10_000, 64 * 1024, 256 * 1024] {
+        for (what, opening, filler) in cases {
+            let buffered = bytes_until_refused(max, opening, filler);
+            assert!(
+                buffered > max,
+                "{what}: refused a stanza of only {buffered} bytes"
+            );
+            assert!(
+                buffered <= max + CHUNK,
+                "{what}: {buffered} bytes buffered with a limit of {max}"
+            );
+        }
+    }
+}
+
+#[test]
+fn endless_stream_header_is_refused_within_the_limit_plus_one_read() {
+    // Before the header there is no stanza yet; an unfinished header is still bounded.
+    for (opening, filler) in [
+        (&b"<stream:stream a='"[..], &b"x"[..]),
+        (b"<?xml version='1.0'", b" "),
+    ] {
+        let mut parser = StreamParser::new(StreamLimits {
+            max_stanza_bytes: 10_000,
+            max_depth: 8,
+        });
+        parser.push(opening);
+        let chunk = filler.repeat(CHUNK / filler.len());
+        let mut buffered = opening.len();
+        let err = loop {
+            match parser.next_event() {
+                Ok(None) => {}
+                Ok(Some(e)) => panic!("unexpected event {e:?}"),
+                Err(e) => break e,
+            }
+            assert!(buffered <= 10_000 + CHUNK, "{buffered} bytes buffered");
+            parser.push(&chunk);
+            buffered += chunk.len();
+        };
+        assert_eq!(err, XmlError::StanzaTooLarge { limit: 10_000 });
+    }
+}
+
+#[test]
+fn endless_keepalives_and_small_stanzas_are_not_refused() {
+    // The limit is per stanza: a long stream of small ones and whitespace never trips it.
+    let mut parser = StreamParser::new(StreamLimits {
+        max_stanza_bytes: 1_000,
+        max_depth: 8,
+    });
+    parser.push(
+        format!("<stream:stream xmlns='jabber:client' xmlns:stream='{STREAM_NS}'>").as_bytes(),
+    );
+    assert!(matches!(
+        parser.next_event(),
+        Ok(Some(StreamEvent::Open(_)))
+    ));
+    let mut stanzas = 0;
+    for i in 0..2_000 {
+        let piece = if i % 2 == 0 {
+            " \n".repeat(400)
+        } else {
+            "<presence><show>away</show></presence> ".to_owned()
+        };
+        parser.push(piece.as_bytes());
+        while let Some(e) = parser.next_event().expect("small stanzas are fine") {
+            assert!(matches!(e, StreamEvent::Stanza(_)));
+            stanzas += 1;
+        }
+    }
+    assert_eq!(stanzas, 1_000);
+}
+
+#[test]
+fn nesting_one_deeper_than_the_limit_is_refused() {
+    for max_depth in 1..10 {
+        let mut ok = String::new();
+        let mut deep = String::new();
+        for level in 1..=max_depth + 1 {
+            if level <= max_depth {
+                ok.push_str(&format!("<e{level}>"));
+            }
+            deep.push_str(&format!("<e{level}>"));
+        }
+        for level in (1..=max_depth).rev() {
+            ok.push_str(&format!("</e{level}>"));
+        }
+        let open = format!("<stream:stream xmlns='jabber:client' xmlns:stream='{STREAM_NS}'>");
+        let fine = feed(limits(max_depth), format!("{open}{ok}").as_bytes(), &[]);
+        assert_eq!(fine.error, None, "depth {max_depth}: {ok}");
+        assert_eq!(fine.events.len(), 2);
+        let refused = feed(limits(max_depth), format!("{open}{deep}").as_bytes(), &[]);
+        assert_eq!(
+            refused.error,
+            Some(XmlError::TooDeep { limit: max_depth }),
+            "depth {max_depth}: {deep}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known differences between whole and split input, found by the properties above. Ignored until
+// src/xml/stream.rs changes; run with `--ignored` to check a fix.
+// ---------------------------------------------------------------------------------------------
+
+const OPEN: &str = "<stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams'>";
+
+#[test]
+#[ignore = "the size of a stanza that completes within one read is not checked at its end"]
+fn oversized_stanza_is_refused_even_when_it_arrives_in_one_read() {
+    let limits = StreamLimits {
+        max_stanza_bytes: 100,
+        max_depth: 8,
+    };
+    let empty_tag = format!("{OPEN}<presence id='{}'/>", "x".repeat(500));
+    let padded_end = format!("{OPEN}<message></message{}>", " ".repeat(200));
+    for input in [empty_tag, padded_end] {
+        assert_eq!(
+            feed(limits, input.as_bytes(), &[]).error,
+            Some(XmlError::StanzaTooLarge { limit: 100 }),
+            "{input}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "a complete stream header is not size-checked; an incomplete one is"]
+fn oversized_stream_header_is_refused_even_when_it_arrives_in_one_read() {
+    let limits = StreamLimits {
+        max_stanza_bytes: 100,
+        max_depth: 8,
+    };
+    let header = format!(
+        "<stream:stream xmlns='jabber:client' a='{}' xmlns:stream='{STREAM_NS}'>",
+        "y".repeat(300)
+    );
+    let split = feed(limits, header.as_bytes(), &[50]);
+    assert_eq!(split.error, Some(XmlError::StanzaTooLarge { limit: 100 }));
+    assert_eq!(feed(limits, header.as_bytes(), &[]), split);
+}
+
+#[test]
+#[ignore = "'<!-' at the end of a read is reported as a DTD, not as a comment"]
+fn comment_split_after_its_first_dash_is_still_a_comment() {
+    let input = format!("{OPEN}<message><!-- x --></message>");
+    let cut = input.find("<!-").expect("comment") + 3;
+    let whole = feed(limits(8), input.as_bytes(), &[]);
+    assert_eq!(whole.error, Some(XmlError::Restricted("a comment")));
+    assert_eq!(feed(limits(8), input.as_bytes(), &[cut]), whole);
+}
+
+#[test]
+#[ignore = "panics: `<?>` slices rest[1..0] in the processing-instruction branch of scan()"]
+fn processing_instruction_without_a_target_is_an_error_not_a_panic() {
+    // Found by the mutation property (PARSER_FUZZ_ITERATIONS=40, seed c7861edcd1cf462b).
+    for input in [
+        "<?>",
+        "<?><stream:stream>",
+        &format!("{OPEN}<message><?></message>"),
+    ] {
+        let outcome = std::panic::catch_unwind(|| feed(limits(8), input.as_bytes(), &[]));
+        let outcome = outcome.unwrap_or_else(|_| panic!("the parser panicked on {input:?}"));
+        assert!(outcome.error.is_some(), "{input:?}");
+    }
+}

@@ -1,0 +1,371 @@
+//! Starting the bridge with a fresh database, Matrix users (matrix-sdk) and waits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::{Client, Room};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use serde_json::Value;
+use testkit::StackEnv;
+use tokio::process::{Child, Command};
+
+/// One test at a time: the bridge port is fixed by the registration.
+pub(crate) async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+pub(crate) fn unique(tag: &str) -> String {
+    format!("{tag}{:08x}", rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    (n as u32) ^ (n >> 32) as u32 ^ std::process::id().rotate_left(16)
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The bridge under test, as a process with its own config and database.
+pub(crate) struct TestBridge {
+    pub(crate) env: StackEnv,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestBridge {
+    pub(crate) async fn new(env: &StackEnv, backend: Backend) -> Self {
+        let dir = std::env::temp_dir().join(unique("mb-e2e-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}/bridge.db", dir.display()),
+            Backend::Postgres => {
+                let db = unique("bridge_e2e_");
+                let status = Command::new("psql")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "test",
+                        "-c",
+                        &format!("CREATE DATABASE {db}"),
+                    ])
+                    .status()
+                    .await
+                    .unwrap();
+                assert!(
+                    status.success(),
+                    "cannot create a PostgreSQL database for the test"
+                );
+                format!("postgres://postgres@127.0.0.1:5432/{db}")
+            }
+        };
+        let key = {
+            let out = Command::new(env!("CARGO_BIN_EXE_messenger-bridge"))
+                .arg("generate-key")
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let yaml = format!(
+            "homeserver:\n  url: {hs}\n  server_name: {server}\n\
+             appservice:\n  listen: 127.0.0.1:29317\n  registration: {reg}\n\
+             xmpp:\n  profile: messenger\n  domain: {domain}\n  host: {host}\n  port: {port}\n  ca_file: {ca}\n  keepalive_secs: 30\n\
+             oauth:\n  authorize_url: {authz}\n  token_url: {token}\n  revoke_url: {revoke}\n  client_id: {cid}\n  client_secret: {secret}\n  redirect_url: {redirect}\n\
+             database:\n  url: {db_url}\n  encryption_key: {key}\n\
+             bridge:\n  permissions:\n    \"*\": none\n    {server}: user\n    \"@outsider:{server}\": none\n  state_notice_delay_secs: 3\n  max_message_bytes: 4000\n\
+             logging:\n  filter: info,bridge=debug,xmpp_core=info\n",
+            hs = env.get("SYNAPSE_URL"),
+            server = env.get("MATRIX_SERVER_NAME"),
+            reg = env.get("AS_REGISTRATION"),
+            domain = env.get("XMPP_MESSENGER_DOMAIN"),
+            host = env.get("XMPP_HOST"),
+            port = env.get("XMPP_PORT"),
+            ca = env.get("XMPP_CA_FILE"),
+            authz = env.get("OAUTH_AUTHORIZE_URL"),
+            token = env.get("OAUTH_TOKEN_URL"),
+            revoke = env.get("OAUTH_REVOKE_URL"),
+            cid = env.get("OAUTH_CLIENT_ID"),
+            secret = env.get("OAUTH_CLIENT_SECRET"),
+            redirect = env.get("OAUTH_REDIRECT_URI"),
+        );
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Self {
+            env: env.clone(),
+            dir,
+            config,
+            child: None,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_messenger-bridge"));
+        c.arg("-c").arg(&self.config);
+        c
+    }
+
+    /// Links `matrix_user` to the XMPP account `xmpp_user` with real tokens from the provider.
+    pub(crate) async fn link(&self, matrix_user: &UserId, xmpp_user: &str) {
+        use tokio::io::AsyncWriteExt;
+        let tokens = testkit::bridge_tokens_json(&self.env, xmpp_user).await;
+        let jid = format!("{xmpp_user}@{}", self.env.get("XMPP_MESSENGER_DOMAIN"));
+        let mut child = self
+            .command()
+            .args(["link", "--user", matrix_user.as_str(), "--jid", &jid])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(tokens.as_bytes())
+            .await
+            .unwrap();
+        assert!(
+            child.wait().await.unwrap().success(),
+            "messenger-bridge link failed"
+        );
+    }
+
+    /// Starts the bridge and waits until `/health` says ready.
+    pub(crate) async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("bridge.log"))
+            .unwrap();
+        let child = self
+            .command()
+            .arg("run")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the bridge exited with {status}:\n{}", self.log_tail());
+            }
+            if http
+                .get("http://127.0.0.1:29317/health")
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the bridge did not become ready:\n{}", self.log_tail());
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub(crate) async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub(crate) async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Some(pid) = c.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(10), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+    }
+
+    pub(crate) fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("bridge.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Opens the bridge's store (same config) to look inside.
+    pub(crate) async fn open_store(&self) -> store::Store {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let url = text
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("url: ")
+                    .filter(|u| u.starts_with("sqlite") || u.starts_with("postgres"))
+            })
+            .unwrap();
+        let key = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("encryption_key: "))
+            .unwrap();
+        store::Store::open(store::StoreConfig::new(
+            url,
+            store::Keyring::parse(key).unwrap(),
+        ))
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+/// A Matrix user played by matrix-sdk, syncing in the background.
+pub(crate) struct MatrixUser {
+    pub(crate) client: Client,
+    pub(crate) user_id: OwnedUserId,
+    sync: tokio::task::JoinHandle<()>,
+}
+
+impl MatrixUser {
+    pub(crate) async fn new(env: &StackEnv, name: &str) -> Self {
+        let username = unique(name);
+        testkit::register_matrix_user(env, &username, "pass-word-1").await;
+        let client = Client::builder()
+            .homeserver_url(env.get("SYNAPSE_URL"))
+            .build()
+            .await
+            .unwrap();
+        client
+            .matrix_auth()
+            .login_username(&username, "pass-word-1")
+            .send()
+            .await
+            .unwrap();
+        client.sync_once(SyncSettings::default()).await.unwrap();
+        let user_id = client.user_id().unwrap().to_owned();
+        let c = client.clone();
+        let sync = tokio::spawn(async move {
+            loop {
+                let _ = c
+                    .sync(SyncSettings::default().timeout(Duration::from_secs(5)))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self {
+            client,
+            user_id,
+            sync,
+        }
+    }
+
+    /// Waits for an invite from `inviter` (a ghost) and joins it.
+    pub(crate) async fn accept_invite_from(&self, inviter: &UserId, limit: Duration) -> Room {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            for room in self.client.invited_rooms() {
+                let invite = room.invite_details().await;
+                if invite
+                    .ok()
+                    .and_then(|d| d.inviter)
+                    .is_some_and(|m| m.user_id() == inviter)
+                {
+                    room.join().await.unwrap();
+                    return room;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no invite from {inviter} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The room's messages (`m.room.message` events as JSON), oldest first.
+    pub(crate) async fn messages(&self, room: &OwnedRoomId) -> Vec<Value> {
+        let room = self.client.get_room(room).unwrap();
+        let mut options = MessagesOptions::backward();
+        options.limit = 500u32.into();
+        let messages = room.messages(options).await.unwrap();
+        let mut out: Vec<Value> = messages
+            .chunk
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e.raw().json().get()).ok())
+            .filter(|v| v["type"] == "m.room.message")
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Waits until `pred` holds for the room's messages; returns them.
+    pub(crate) async fn wait_messages(
+        &self,
+        room: &OwnedRoomId,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msgs = self.messages(room).await;
+            if pred(&msgs) {
+                return msgs;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let bodies: Vec<&str> = msgs
+                    .iter()
+                    .filter_map(|m| m["content"]["body"].as_str())
+                    .collect();
+                panic!("{what}: not within {limit:?}; messages: {bodies:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub(crate) async fn send_text(&self, room: &OwnedRoomId, text: &str) {
+        use ruma::events::room::message::RoomMessageEventContent;
+        let room = self.client.get_room(room).unwrap();
+        room.send(RoomMessageEventContent::text_plain(text))
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for MatrixUser {
+    fn drop(&mut self) {
+        self.sync.abort();
+    }
+}
+
+/// The bodies of the messages sent by `sender`.
+pub(crate) fn bodies_from<'a>(msgs: &'a [Value], sender: &str) -> Vec<&'a str> {
+    msgs.iter()
+        .filter(|m| m["sender"] == sender)
+        .filter_map(|m| m["content"]["body"].as_str())
+        .collect()
+}
+
+pub(crate) const T: Duration = Duration::from_secs(30);

@@ -1,0 +1,353 @@
+//! The mapping table, end to end: a contact writes, a portal appears with a named ghost, and
+//! messages, emotes, HTML, typing and presence flow both ways, in order, once.
+
+use std::time::Duration;
+
+use ruma::UserId;
+use serde_json::json;
+use testkit::{ContactLogin, StackEnv, XmppContact};
+
+use crate::harness::*;
+
+async fn conversation(backend: Backend) {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, backend).await;
+    let user = MatrixUser::new(&env, "alice").await;
+    bridge.link(&user.user_id, "alice").await;
+    bridge.start().await;
+
+    let domain = env.get("XMPP_MESSENGER_DOMAIN");
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
+    let alice_jid = format!("alice@{domain}");
+    let ghost = UserId::parse(format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"))).unwrap();
+
+    // Contact → Matrix: the first message opens the portal.
+    let hello = unique("hello from bob ");
+    // The bridge's session may still be logging in: resend until the portal invite shows up.
+    bob.send_chat(&alice_jid, Some(&hello), Some("active"))
+        .await;
+    let room = user.accept_invite_from(&ghost, T).await;
+    let room_id = room.room_id().to_owned();
+    let msgs = user
+        .wait_messages(&room_id, T, "first message", |m| {
+            bodies_from(m, ghost.as_str()).contains(&hello.as_str())
+        })
+        .await;
+    let first = msgs
+        .iter()
+        .find(|m| m["content"]["body"] == hello.as_str())
+        .unwrap();
+    assert_eq!(first["content"]["msgtype"], "m.text");
+
+    // The ghost had its name and avatar before it spoke.
+    let profile = get_json(
+        &user,
+        &format!("_matrix/client/v3/profile/{}", urlencode(ghost.as_str())),
+    )
+    .await;
+    assert_eq!(profile["displayname"], "Bob Builder", "{profile}");
+    assert!(
+        profile["avatar_url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("mxc://")),
+        "{profile}"
+    );
+
+    // The portal carries m.bridge state.
+    let state = room
+        .get_state_events(ruma::events::StateEventType::from("m.bridge"))
+        .await
+        .unwrap();
+    assert_eq!(state.len(), 1, "one m.bridge state event");
+
+    // Matrix → contact: plain text, emote, HTML.
+    let reply = unique("hi bob ");
+    user.send_text(&room_id, &reply).await;
+    let ev = bob
+        .wait_for(T, |e| {
+            e["event"] == "message" && e["body"] == reply.as_str()
+        })
+        .await;
+    assert_eq!(ev["type"], "chat");
+    assert!(ev["from"].as_str().unwrap().starts_with(&alice_jid));
+    {
+        use ruma::events::room::message::RoomMessageEventContent;
+        room.send(RoomMessageEventContent::emote_plain("waves"))
+            .await
+            .unwrap();
+        bob.wait_for(T, |e| e["event"] == "message" && e["body"] == "/me waves")
+            .await;
+        room.send(RoomMessageEventContent::text_html(
+            "**bold** & co",
+            "<strong>bold</strong> &amp; co",
+        ))
+        .await
+        .unwrap();
+        bob.wait_for(T, |e| e["event"] == "message" && e["body"] == "bold & co")
+            .await;
+    }
+
+    // Contact emote → m.emote.
+    bob.send_chat(&alice_jid, Some("/me nods"), None).await;
+    user.wait_messages(&room_id, T, "emote", |m| {
+        m.iter().any(|e| {
+            e["sender"] == ghost.as_str()
+                && e["content"]["msgtype"] == "m.emote"
+                && e["content"]["body"] == "nods"
+        })
+    })
+    .await;
+
+    // Typing, Matrix → XMPP (composing / paused).
+    room.typing_notice(true).await.unwrap();
+    bob.wait_for(T, |e| {
+        e["event"] == "message" && e["state"] == "composing" && e["body"].is_null()
+    })
+    .await;
+    room.typing_notice(false).await.unwrap();
+    bob.wait_for(T, |e| e["event"] == "message" && e["state"] == "paused")
+        .await;
+
+    // Typing, XMPP → Matrix.
+    bob.send_chat(&alice_jid, None, Some("composing")).await;
+    wait_typing(&user, &room_id, &ghost, true).await;
+    bob.send_chat(&alice_jid, None, Some("paused")).await;
+    wait_typing(&user, &room_id, &ghost, false).await;
+
+    // Ten each way, once, in order.
+    let tag = unique("burst");
+    for i in 0..10 {
+        bob.send_chat(&alice_jid, Some(&format!("{tag} x→m {i}")), None)
+            .await;
+        user.send_text(&room_id, &format!("{tag} m→x {i}")).await;
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("{tag} x→m {i}")).collect();
+    let msgs = user
+        .wait_messages(&room_id, T, "ten from the contact", |m| {
+            bodies_from(m, ghost.as_str())
+                .iter()
+                .filter(|b| b.starts_with(&tag))
+                .count()
+                >= 10
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let msgs = {
+        let later = user.messages(&room_id).await;
+        if later.len() > msgs.len() {
+            later
+        } else {
+            msgs
+        }
+    };
+    let got: Vec<&str> = bodies_from(&msgs, ghost.as_str())
+        .into_iter()
+        .filter(|b| b.starts_with(&tag))
+        .collect();
+    assert_eq!(got, want, "contact → Matrix: once and in order");
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let ev = bob
+            .wait_for(T, |e| {
+                e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with(&tag))
+            })
+            .await;
+        got.push(ev["body"].as_str().unwrap().to_owned());
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("{tag} m→x {i}")).collect();
+    assert_eq!(got, want, "Matrix → contact: once and in order");
+    let extra = bob.drain(Duration::from_secs(1)).await;
+    assert!(
+        !extra
+            .iter()
+            .any(|e| e["body"].as_str().is_some_and(|b| b.starts_with(&tag))),
+        "duplicates: {extra:?}"
+    );
+
+    // The metrics count them.
+    let metrics = reqwest::get("http://127.0.0.1:29317/metrics")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |dir: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "messenger_bridge_messages_total{{direction=\"{dir}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("xmpp_to_matrix") >= 12 && count("matrix_to_xmpp") >= 13,
+        "{metrics}"
+    );
+
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+async fn wait_typing(user: &MatrixUser, room: &ruma::OwnedRoomId, ghost: &UserId, typing: bool) {
+    // Typing is ephemeral: read it through a fresh sync of the room's ephemeral events.
+    let deadline = tokio::time::Instant::now() + T;
+    let http = reqwest::Client::new();
+    let token = user.client.access_token().unwrap();
+    let base = user.client.homeserver();
+    let filter = json!({"room": {"rooms": [room.as_str()], "timeline": {"limit": 0}, "state": {"limit": 0}, "ephemeral": {"types": ["m.typing"]}}, "presence": {"not_types": ["*"]}, "account_data": {"not_types": ["*"]}});
+    loop {
+        let url = format!(
+            "{}_matrix/client/v3/sync?filter={}",
+            base,
+            urlencode(&filter.to_string())
+        );
+        let v: serde_json::Value = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap_or_default())
+            .unwrap_or_default();
+        let ids = v
+            .pointer(&format!(
+                "/rooms/join/{}/ephemeral/events",
+                room.as_str().replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(|e| e.as_array())
+            .and_then(|evs| evs.iter().find(|e| e["type"] == "m.typing"))
+            .map(|e| e["content"]["user_ids"].clone());
+        let is_typing = ids
+            .as_ref()
+            .and_then(|i| i.as_array())
+            .is_some_and(|a| a.iter().any(|u| u == ghost.as_str()));
+        if is_typing == typing {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{ghost} typing={typing} not seen (last: {ids:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn conversation_on_sqlite() {
+    conversation(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn conversation_on_postgres() {
+    conversation(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn presence_flows_both_ways() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let user = MatrixUser::new(&env, "alice").await;
+    bridge.link(&user.user_id, "alice").await;
+    bridge.start().await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
+    let ghost = UserId::parse(format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"))).unwrap();
+
+    // Contact → ghost presence.
+    let status = unique("lunch ");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        bob.command(json!({"op": "presence", "show": "away", "status": status}))
+            .await;
+        let p = get_presence(&user, &ghost).await;
+        if p["presence"] == "unavailable" && p["status_msg"] == status.as_str() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ghost presence never became away/{status}: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // User → XMPP presence, through Matrix presence.
+    let mine = unique("coding ");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        set_presence(&user, "unavailable", &mine).await;
+        let seen = bob.drain(Duration::from_millis(500)).await;
+        if seen.iter().any(|e| {
+            e["event"] == "presence"
+                && e["from"].as_str().is_some_and(|f| f.starts_with("alice@"))
+                && e["show"] == "away"
+                && e["status"] == mine.as_str()
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never saw alice away/{mine}"
+        );
+    }
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+pub(crate) async fn get_presence(user: &MatrixUser, of: &UserId) -> serde_json::Value {
+    get_json(
+        user,
+        &format!(
+            "_matrix/client/v3/presence/{}/status",
+            urlencode(of.as_str())
+        ),
+    )
+    .await
+}
+
+/// GET on the client-server API as the user.
+async fn get_json(user: &MatrixUser, path: &str) -> serde_json::Value {
+    let url = format!("{}{path}", user.client.homeserver());
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(user.client.access_token().unwrap())
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default()
+}
+
+async fn set_presence(user: &MatrixUser, presence: &str, status: &str) {
+    let url = format!(
+        "{}_matrix/client/v3/presence/{}/status",
+        user.client.homeserver(),
+        urlencode(user.user_id.as_str())
+    );
+    let body = json!({"presence": presence, "status_msg": status}).to_string();
+    let r = reqwest::Client::new()
+        .put(url)
+        .bearer_auth(user.client.access_token().unwrap())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
