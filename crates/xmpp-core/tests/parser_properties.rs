@@ -186,7 +186,8 @@ impl Generator<'_> {
     }
 
     fn space(&mut self) -> &'static str {
-        *self.rng.pick(&[" ", " ", " ", "  ", "\n", "\t", " \n "])
+        const SPACES: [&str; 7] = [" ", " ", " ", "  ", "\n", "\t", " \n "];
+        SPACES[self.rng.below(SPACES.len())]
     }
 
     /// An attribute value as written and as parsed.
@@ -475,7 +476,8 @@ fn well_formed_stream(rng: &mut Rng, max_depth: usize) -> (Vec<u8>, Vec<StreamEv
     for _ in 0..1 + generator.rng.below(8) {
         if generator.rng.chance(30) {
             // Whitespace keepalives between stanzas (RFC 6120 §4.6.1).
-            out.push_str(*generator.rng.pick(&[" ", "\n", "\r\n", "\t \n"]));
+            const KEEPALIVES: [&str; 4] = [" ", "\n", "\r\n", "\t \n"];
+            out.push_str(KEEPALIVES[generator.rng.below(KEEPALIVES.len())]);
         }
         let el = generator.stanza(&mut out);
         events.push(StreamEvent::Stanza(el));
@@ -762,7 +764,7 @@ fn random_bytes_case(seed: u64) {
     let markup_heavy = rng.chance(50);
     for _ in 0..len {
         if markup_heavy && rng.chance(30) {
-            bytes.extend_from_slice(*rng.pick(TOKENS));
+            bytes.extend_from_slice(TOKENS[rng.below(TOKENS.len())]);
         } else {
             bytes.push(rng.next_u64() as u8);
         }
