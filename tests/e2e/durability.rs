@@ -2,32 +2,9 @@
 
 use std::time::Duration;
 
-use ruma::{OwnedRoomId, UserId};
 use testkit::{ContactLogin, StackEnv, XmppContact, repo_root};
 
 use crate::harness::*;
-
-/// Links alice, starts the bridge, and opens the portal with bob.
-async fn portal_with_bob(
-    env: &StackEnv,
-    bridge: &mut TestBridge,
-    user: &MatrixUser,
-    bob: &mut XmppContact,
-) -> OwnedRoomId {
-    bridge.link(&user.user_id, "alice").await;
-    bridge.start().await;
-    let ghost = UserId::parse(format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"))).unwrap();
-    let alice_jid = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
-    let hello = unique("open ");
-    bob.send_chat(&alice_jid, Some(&hello), None).await;
-    let room = user.accept_invite_from(&ghost, T).await;
-    let room_id = room.room_id().to_owned();
-    user.wait_messages(&room_id, T, "portal opened", |m| {
-        bodies_from(m, ghost.as_str()).contains(&hello.as_str())
-    })
-    .await;
-    room_id
-}
 
 #[tokio::test]
 async fn message_sent_while_the_bridge_is_down_arrives_with_its_original_timestamp() {

@@ -369,3 +369,25 @@ pub(crate) fn bodies_from<'a>(msgs: &'a [Value], sender: &str) -> Vec<&'a str> {
 }
 
 pub(crate) const T: Duration = Duration::from_secs(30);
+
+/// Links alice, starts the bridge, and opens the portal with bob.
+pub(crate) async fn portal_with_bob(
+    env: &StackEnv,
+    bridge: &mut TestBridge,
+    user: &MatrixUser,
+    bob: &mut testkit::XmppContact,
+) -> OwnedRoomId {
+    bridge.link(&user.user_id, "alice").await;
+    bridge.start().await;
+    let ghost = UserId::parse(format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"))).unwrap();
+    let alice_jid = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
+    let hello = unique("open ");
+    bob.send_chat(&alice_jid, Some(&hello), None).await;
+    let room = user.accept_invite_from(&ghost, T).await;
+    let room_id = room.room_id().to_owned();
+    user.wait_messages(&room_id, T, "portal opened", |m| {
+        bodies_from(m, ghost.as_str()).contains(&hello.as_str())
+    })
+    .await;
+    room_id
+}

@@ -281,9 +281,9 @@ async fn presence_flows_both_ways() {
     let env = StackEnv::load();
     let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
     let user = MatrixUser::new(&env, "alice").await;
-    bridge.link(&user.user_id, "alice").await;
-    bridge.start().await;
     let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
+    // Synapse shows presence only to users who share a room: open the portal first.
+    portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
     let ghost = UserId::parse(format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"))).unwrap();
 
     // Contact → ghost presence.

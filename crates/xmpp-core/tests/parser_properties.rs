@@ -702,9 +702,9 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
 }
 
 /// Random input is parsed the same whether fed whole or split: the same events, then the same
-/// error. Two differences are tolerated, each pinned by an ignored test below until the parser
-/// is changed: the detail text of `Restricted` (the condition must still agree), and where the
-/// size limit bites, since a construct that arrives whole is not size-checked at its end.
+/// error. Two differences are tolerated: the detail text of `Restricted` (the condition must still
+/// agree), and which events precede a size-limit error, since split input is checked as it
+/// grows and whole input when it completes.
 fn same_outcome_however_split(rng: &mut Rng, limits: StreamLimits, bytes: &[u8]) {
     let whole = feed(limits, bytes, &[]);
     let cuts = split_points(rng, bytes.len());
@@ -939,15 +939,13 @@ fn nesting_one_deeper_than_the_limit_is_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known differences between whole and split input, found by the properties above. Ignored until
-// src/xml/stream.rs changes; run with `--ignored` to check a fix.
+// Regressions found by the properties above (all fixed in src/xml/stream.rs).
 // ---------------------------------------------------------------------------------------------
 
 const OPEN: &str = "<stream:stream xmlns='jabber:client' \
     xmlns:stream='http://etherx.jabber.org/streams'>";
 
 #[test]
-#[ignore = "the size of a stanza that completes within one read is not checked at its end"]
 fn oversized_stanza_is_refused_even_when_it_arrives_in_one_read() {
     let limits = StreamLimits {
         max_stanza_bytes: 100,
@@ -965,7 +963,6 @@ fn oversized_stanza_is_refused_even_when_it_arrives_in_one_read() {
 }
 
 #[test]
-#[ignore = "a complete stream header is not size-checked; an incomplete one is"]
 fn oversized_stream_header_is_refused_even_when_it_arrives_in_one_read() {
     let limits = StreamLimits {
         max_stanza_bytes: 100,
@@ -981,7 +978,6 @@ fn oversized_stream_header_is_refused_even_when_it_arrives_in_one_read() {
 }
 
 #[test]
-#[ignore = "'<!-' at the end of a read is reported as a DTD, not as a comment"]
 fn comment_split_after_its_first_dash_is_still_a_comment() {
     let input = format!("{OPEN}<message><!-- x --></message>");
     let cut = input.find("<!-").expect("comment") + 3;
@@ -991,7 +987,6 @@ fn comment_split_after_its_first_dash_is_still_a_comment() {
 }
 
 #[test]
-#[ignore = "panics: `<?>` slices rest[1..0] in the processing-instruction branch of scan()"]
 fn processing_instruction_without_a_target_is_an_error_not_a_panic() {
     // Found by the mutation property (PARSER_FUZZ_ITERATIONS=40, seed c7861edcd1cf462b).
     for input in [

@@ -222,7 +222,9 @@ impl StreamParser {
                     let n = after.len().min(CDATA.len());
                     if after[..n] != CDATA[..n] {
                         // `<!--`, `<!DOCTYPE`, `<!ENTITY`: never allowed (RFC 6120 §11.1).
-                        return Err(XmlError::Restricted(if after.starts_with(b"--") {
+                        // Only a comment starts with `<!-`; decide on the first byte so the
+                        // answer does not depend on where a read ended.
+                        return Err(XmlError::Restricted(if after.starts_with(b"-") {
                             "a comment"
                         } else {
                             "a DTD"
@@ -242,18 +244,25 @@ impl StreamParser {
                         None => return self.need_more(lt),
                     }
                 }
-                b'?' => match memchr::memmem::find(rest, b"?>") {
-                    Some(end) => {
-                        let target = &rest[1..end];
-                        let is_decl = target.starts_with(b"xml")
-                            && target.get(3).is_none_or(|b| b.is_ascii_whitespace());
-                        if !is_decl || self.depth != 0 {
-                            return Err(XmlError::Restricted("a processing instruction"));
-                        }
-                        self.pos = lt + 1 + end + 2;
+                b'?' => {
+                    // Only the XML declaration may appear, and only before the stream header
+                    // (RFC 6120 §11.1): decide as soon as the bytes allow, without waiting for `?>`.
+                    let target = &rest[1..];
+                    let n = target.len().min(3);
+                    let decl_so_far = self.depth == 0 && target[..n] == b"xml"[..n];
+                    if !decl_so_far
+                        || target
+                            .get(3)
+                            .is_some_and(|b| !b.is_ascii_whitespace() && *b != b'?')
+                    {
+                        return Err(XmlError::Restricted("a processing instruction"));
                     }
-                    None => return self.need_more(lt),
-                },
+                    match memchr::memmem::find(target, b"?>") {
+                        Some(end) if end >= 3 => self.pos = lt + 2 + end + 2,
+                        Some(_) => return Err(XmlError::Restricted("a processing instruction")),
+                        None => return self.need_more(lt),
+                    }
+                }
                 b'/' => {
                     let Some(gt) = find_tag_end(&self.buf, lt + 2) else {
                         return self.need_more(lt);
@@ -361,6 +370,12 @@ impl StreamParser {
         let Some(start) = self.stanza_start.take() else {
             return Err(XmlError::Malformed("stanza end without a start".into()));
         };
+        // A stanza that arrived whole in one read was never checked while it grew.
+        if end - start > self.limits.max_stanza_bytes {
+            return Err(XmlError::StanzaTooLarge {
+                limit: self.limits.max_stanza_bytes,
+            });
+        }
         let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| XmlError::InvalidUtf8)?;
         let default_ns = self
             .header
@@ -371,6 +386,11 @@ impl StreamParser {
     }
 
     fn parse_header(&self, start: usize, end: usize) -> Result<StreamHeader, XmlError> {
+        if end - start > self.limits.max_stanza_bytes {
+            return Err(XmlError::StanzaTooLarge {
+                limit: self.limits.max_stanza_bytes,
+            });
+        }
         let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| XmlError::InvalidUtf8)?;
         let mut reader = Reader::from_str(text);
         let tag = match reader.read_event() {
