@@ -41,6 +41,9 @@ pub struct AppserviceConfig {
     /// The registration id.
     #[serde(default = "default_id")]
     pub id: String,
+    /// The URL the homeserver reaches the bridge at (for `generate-registration`).
+    #[serde(default)]
+    pub url: Option<String>,
     /// The registration file (written by `messenger-bridge generate-registration`, loaded by the
     /// homeserver). When set, the id, tokens and bot localpart are read from it.
     #[serde(default)]

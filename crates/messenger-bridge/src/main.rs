@@ -278,7 +278,8 @@ async fn shutdown_signal() {
 }
 
 fn generate_registration(args: &Args) -> anyhow::Result<()> {
-    let tree = settings::load_tree(&args.config).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let tree =
+        settings::load_tree(&args.config, false).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let get = |ptr: &str, default: &str| {
         tree.pointer(ptr)
             .and_then(serde_json::Value::as_str)

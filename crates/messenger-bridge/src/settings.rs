@@ -66,7 +66,7 @@ const SECRETS: [(&str, &str); 5] = [
 
 /// Loads the file, applies `MB__SECTION__KEY` overrides and secret variables, fills tokens
 /// from the registration file. Returns the raw tree for checking.
-pub(crate) fn load_tree(path: &Path) -> Result<Value, Vec<String>> {
+pub(crate) fn load_tree(path: &Path, with_registration: bool) -> Result<Value, Vec<String>> {
     let built = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Yaml))
         .add_source(
@@ -100,6 +100,7 @@ pub(crate) fn load_tree(path: &Path) -> Result<Value, Vec<String>> {
         .pointer("/appservice/registration")
         .and_then(Value::as_str)
         .map(PathBuf::from)
+        .filter(|_| with_registration)
     {
         match read_registration(&reg) {
             Ok(r) => {
@@ -293,7 +294,7 @@ pub(crate) fn check(tree: &Value) -> Vec<String> {
 
 /// Loads and checks; `Err` lists every problem.
 pub(crate) fn load(path: &Path) -> Result<Settings, Vec<String>> {
-    let tree = load_tree(path)?;
+    let tree = load_tree(path, true)?;
     let problems = check(&tree);
     if !problems.is_empty() {
         return Err(problems);
@@ -336,6 +337,28 @@ mod tests {
                 "no problem starting with {needle:?} in {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn the_example_config_is_valid_once_secrets_are_given() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.yaml");
+        let mut tree = load_tree(&path, false).unwrap();
+        // The example leaves exactly the secrets empty.
+        let problems = check(&tree);
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.starts_with("appservice.") || p.starts_with("database.encryption_key")),
+            "{problems:#?}"
+        );
+        set_pointer(&mut tree, "/appservice/as_token", json!("a"));
+        set_pointer(&mut tree, "/appservice/hs_token", json!("h"));
+        set_pointer(
+            &mut tree,
+            "/database/encryption_key",
+            json!("k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        );
+        assert_eq!(check(&tree), Vec::<String>::new());
     }
 
     #[test]
