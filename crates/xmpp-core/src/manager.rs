@@ -387,7 +387,7 @@ impl SessionManager {
                 mechanisms: account.mechanisms.clone(),
             };
             let attempt_result = {
-                let connect = async {
+                let connect = Box::pin(async {
                     let _permit = self.inner.permits.acquire().await;
                     connection::establish(
                         &account.connection,
@@ -395,7 +395,7 @@ impl SessionManager {
                         &negotiation,
                     )
                     .await
-                };
+                });
                 tokio::select! {
                     r = connect => Some(r),
                     _ = stop.changed() => None,
@@ -408,9 +408,16 @@ impl SessionManager {
                     refreshed_once = false;
                     let jid = established.negotiated.jid.clone();
                     tracing::info!(account = key, %jid, peer = %format!("{}:{}", established.peer.0, established.peer.1), "XMPP session established");
-                    let (tx, mut rx) = mpsc::channel::<SessionEvent>(64);
-                    let (handle, mut join) =
-                        session::start(established, self.inner.config.timers, tx, key.to_owned());
+                    // The session sends its events straight into the manager's channel, already
+                    // tagged with the account: no per-session channel to pay for while idle.
+                    self.emit(key, ManagerEvent::State(ConnectionState::Connected { jid }))
+                        .await;
+                    let (handle, mut join) = session::start(
+                        established,
+                        self.inner.config.timers,
+                        self.inner.events.clone(),
+                        key.to_owned(),
+                    );
                     let presence = {
                         let mut accounts = self.accounts();
                         match accounts.get_mut(key) {
@@ -426,11 +433,9 @@ impl SessionManager {
                         handle.close().await;
                         break;
                     };
-                    self.emit(key, ManagerEvent::State(ConnectionState::Connected { jid }))
-                        .await;
                     // RFC 6121 §2.2: roster first, then initial presence, so that presence pushes
                     // arrive for contacts the bridge already knows.
-                    let after_login = async {
+                    let mut after_login = Box::pin(async {
                         match handle.roster().await {
                             Ok(items) => self.emit(key, ManagerEvent::Roster(items)).await,
                             Err(e) => {
@@ -438,16 +443,12 @@ impl SessionManager {
                             }
                         }
                         let _ = handle.send(&presence.to_element()).await;
-                    };
-                    let mut after_login = std::pin::pin!(after_login);
+                    });
                     let mut login_done = false;
                     let end = loop {
                         tokio::select! {
                             () = &mut after_login, if !login_done => login_done = true,
-                            ev = rx.recv() => match ev {
-                                Some(ev) => self.emit(key, ManagerEvent::Session(ev)).await,
-                                None => break (&mut join).await.unwrap_or(SessionEnd::Io("session task failed".into())),
-                            },
+                            end = &mut join => break end.unwrap_or(SessionEnd::Io("session task failed".into())),
                             _ = stop.changed() => {
                                 handle.close().await;
                                 let _ = tokio::time::timeout(Duration::from_secs(5), &mut join).await;
@@ -455,10 +456,7 @@ impl SessionManager {
                             }
                         }
                     };
-                    // Deliver what the session had already received before it ended.
-                    while let Ok(ev) = rx.try_recv() {
-                        self.emit(key, ManagerEvent::Session(ev)).await;
-                    }
+                    drop(after_login);
                     self.clear_handle(key, generation);
                     if matches!(end, SessionEnd::Closed) {
                         break;

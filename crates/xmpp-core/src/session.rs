@@ -17,6 +17,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::connection::Established;
 use crate::jid::Jid;
+use crate::manager::{AccountEvent, ManagerEvent};
 use crate::ns;
 use crate::stanza::{
     Iq, IqType, Message, Presence, PresenceType, RosterItem, StanzaError, StreamError, roster,
@@ -188,7 +189,7 @@ enum Incoming {
 pub(crate) fn start(
     established: Established,
     timers: SessionTimers,
-    events: mpsc::Sender<SessionEvent>,
+    events: mpsc::Sender<AccountEvent>,
     account: String,
 ) -> (SessionHandle, tokio::task::JoinHandle<SessionEnd>) {
     let Established {
@@ -199,7 +200,8 @@ pub(crate) fn start(
     } = established;
     let jid = negotiated.jid;
     let (read, write) = tokio::io::split(stream);
-    let (in_tx, in_rx) = mpsc::channel(64);
+    // Boxed: the channel's slot blocks are allocated per session, idle or not.
+    let (in_tx, in_rx) = mpsc::channel::<Box<Incoming>>(64);
     tokio::spawn(read_loop(read, parser, in_tx));
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let driver = Driver {
@@ -221,20 +223,24 @@ pub(crate) fn start(
     )
 }
 
-async fn read_loop(mut read: ReadHalf<Tls>, mut parser: StreamParser, tx: mpsc::Sender<Incoming>) {
+async fn read_loop(
+    mut read: ReadHalf<Tls>,
+    mut parser: StreamParser,
+    tx: mpsc::Sender<Box<Incoming>>,
+) {
     let mut buf = [0u8; 4096];
     loop {
         loop {
             match parser.next_event() {
                 Ok(Some(ev)) => {
                     let close = ev == StreamEvent::Close;
-                    if tx.send(Incoming::Event(ev)).await.is_err() || close {
+                    if tx.send(Box::new(Incoming::Event(ev))).await.is_err() || close {
                         return;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Incoming::Failed(e)).await;
+                    let _ = tx.send(Box::new(Incoming::Failed(e))).await;
                     return;
                 }
             }
@@ -247,7 +253,7 @@ async fn read_loop(mut read: ReadHalf<Tls>, mut parser: StreamParser, tx: mpsc::
             }
             Err(e) => Incoming::Io(e.to_string()),
         };
-        let _ = tx.send(msg).await;
+        let _ = tx.send(Box::new(msg)).await;
         return;
     }
 }
@@ -263,7 +269,7 @@ struct Driver {
     jid: Jid,
     write: WriteHalf<Tls>,
     timers: SessionTimers,
-    events: mpsc::Sender<SessionEvent>,
+    events: mpsc::Sender<AccountEvent>,
     pending: HashMap<String, Pending>,
     /// The id of the keepalive ping in flight.
     ping_outstanding: Option<String>,
@@ -272,7 +278,7 @@ struct Driver {
 impl Driver {
     async fn run(
         mut self,
-        mut incoming: mpsc::Receiver<Incoming>,
+        mut incoming: mpsc::Receiver<Box<Incoming>>,
         mut commands: mpsc::Receiver<Command>,
     ) -> SessionEnd {
         let mut keepalive = interval(self.timers.keepalive);
@@ -283,7 +289,7 @@ impl Driver {
         let end = loop {
             tokio::select! {
                 msg = incoming.recv() => {
-                    let result = match msg {
+                    let result = match msg.map(|b| *b) {
                         Some(Incoming::Event(StreamEvent::Stanza(el))) => self.on_stanza(el).await,
                         Some(Incoming::Event(StreamEvent::Close)) => Err(SessionEnd::ServerClosed),
                         Some(Incoming::Event(StreamEvent::Open(_))) => {
@@ -390,7 +396,11 @@ impl Driver {
     async fn emit(&mut self, ev: SessionEvent) {
         // Backpressure: if the bridge is slow, the session waits (and TCP pushes back on the
         // server) rather than dropping anything.
-        let _ = self.events.send(ev).await;
+        let event = AccountEvent {
+            account: self.account.clone(),
+            event: ManagerEvent::Session(ev),
+        };
+        let _ = self.events.send(event).await;
     }
 
     async fn on_stanza(&mut self, el: Element) -> Result<(), SessionEnd> {

@@ -98,7 +98,7 @@ impl StreamError {
     /// `<stream:error><condition/></stream:error>` as text, ready to write.
     pub fn to_xml(condition: &str) -> String {
         let mut out = String::from("<stream:error>");
-        Element::new(condition, ns::STREAMS).write_to(&mut out, ns::STREAM);
+        Element::new(condition.to_owned(), ns::STREAMS).write_to(&mut out, ns::STREAM);
         out.push_str("</stream:error>");
         out
     }

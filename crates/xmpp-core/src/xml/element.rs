@@ -4,13 +4,93 @@
 //! re-created only where needed while serializing (`xmlns` on the element whose namespace
 //! differs from its parent's), which is all XMPP stanzas need.
 
+use std::borrow::Cow;
+
+/// A name or namespace: the common ones are static strings, so parsing a stanza does not
+/// allocate for them.
+pub type Name = Cow<'static, str>;
+
 /// An XML element with its namespace, attributes and children.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
-    name: String,
-    ns: String,
-    attrs: Vec<(String, String)>,
+    name: Name,
+    ns: Name,
+    attrs: Vec<(Name, String)>,
     children: Vec<Node>,
+}
+
+/// The static copy of a common XMPP name, namespace or attribute key, or an owned one.
+pub(crate) fn intern(s: &str) -> Name {
+    use crate::ns;
+    let known: &'static str = match s {
+        ns::CLIENT => ns::CLIENT,
+        ns::STREAM => ns::STREAM,
+        ns::CHATSTATES => ns::CHATSTATES,
+        ns::DELAY => ns::DELAY,
+        ns::ROSTER => ns::ROSTER,
+        ns::VCARD => ns::VCARD,
+        ns::STANZAS => ns::STANZAS,
+        ns::STREAMS => ns::STREAMS,
+        ns::SASL => ns::SASL,
+        ns::TLS => ns::TLS,
+        ns::BIND => ns::BIND,
+        ns::SESSION => ns::SESSION,
+        ns::PING => ns::PING,
+        ns::NICK => ns::NICK,
+        "vcard-temp:x:update" => "vcard-temp:x:update",
+        "jabber:x:delay" => "jabber:x:delay",
+        "http://jabber.org/protocol/caps" => "http://jabber.org/protocol/caps",
+        "urn:xmpp:receipts" => "urn:xmpp:receipts",
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        "body" => "body",
+        "show" => "show",
+        "status" => "status",
+        "priority" => "priority",
+        "thread" => "thread",
+        "subject" => "subject",
+        "error" => "error",
+        "text" => "text",
+        "query" => "query",
+        "item" => "item",
+        "group" => "group",
+        "delay" => "delay",
+        "x" => "x",
+        "c" => "c",
+        "active" => "active",
+        "composing" => "composing",
+        "paused" => "paused",
+        "inactive" => "inactive",
+        "gone" => "gone",
+        "nick" => "nick",
+        "photo" => "photo",
+        "ping" => "ping",
+        "vCard" => "vCard",
+        "FN" => "FN",
+        "NICKNAME" => "NICKNAME",
+        "PHOTO" => "PHOTO",
+        "TYPE" => "TYPE",
+        "BINVAL" => "BINVAL",
+        "bind" => "bind",
+        "jid" => "jid",
+        "resource" => "resource",
+        "features" => "features",
+        "to" => "to",
+        "from" => "from",
+        "id" => "id",
+        "type" => "type",
+        "xml:lang" => "xml:lang",
+        "name" => "name",
+        "subscription" => "subscription",
+        "ask" => "ask",
+        "stamp" => "stamp",
+        "ver" => "ver",
+        "hash" => "hash",
+        "node" => "node",
+        _ => return Cow::Owned(s.to_owned()),
+    };
+    Cow::Borrowed(known)
 }
 
 /// A child of an [`Element`].
@@ -24,7 +104,7 @@ pub enum Node {
 
 impl Element {
     /// A new empty element `<name xmlns='ns'/>`.
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Name>, ns: impl Into<Name>) -> Self {
         Self {
             name: name.into(),
             ns: ns.into(),
@@ -44,7 +124,13 @@ impl Element {
     }
 
     pub(crate) fn set_ns(&mut self, ns: &str) {
-        ns.clone_into(&mut self.ns);
+        self.ns = intern(ns);
+    }
+
+    /// Appends an attribute without checking for an existing one (the parser has already
+    /// rejected duplicates).
+    pub(crate) fn push_attr(&mut self, name: Name, value: String) {
+        self.attrs.push((name, value));
     }
 
     /// Whether this element is `name` in namespace `ns`.
@@ -62,11 +148,11 @@ impl Element {
 
     /// All attributes in document order.
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.attrs.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     /// Sets (or replaces) an attribute.
-    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set_attr(&mut self, name: impl Into<Name>, value: impl Into<String>) {
         let name = name.into();
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| *k == name) {
@@ -77,14 +163,14 @@ impl Element {
 
     /// Builder form of [`Element::set_attr`].
     #[must_use]
-    pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_attr(mut self, name: impl Into<Name>, value: impl Into<String>) -> Self {
         self.set_attr(name, value);
         self
     }
 
     /// Builder form: sets the attribute only when `value` is `Some`.
     #[must_use]
-    pub fn with_opt_attr(self, name: &str, value: Option<impl Into<String>>) -> Self {
+    pub fn with_opt_attr(self, name: &'static str, value: Option<impl Into<String>>) -> Self {
         match value {
             Some(v) => self.with_attr(name, v),
             None => self,

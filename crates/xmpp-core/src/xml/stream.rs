@@ -590,7 +590,7 @@ fn start_element(
 ) -> Result<Element, XmlError> {
     let qname = tag.name();
     let (prefix, local) = split_qname(qname.0);
-    let mut el = Element::new(local, String::new());
+    let mut el = Element::new(super::element::intern(local), "");
     for attr in tag.attributes() {
         let attr = attr.map_err(|e| XmlError::Malformed(e.to_string()))?;
         let value = attr
@@ -616,7 +616,7 @@ fn start_element(
                 level,
             });
         } else {
-            el.set_attr(key, value);
+            el.push_attr(super::element::intern(key), value);
         }
     }
     let prefix = prefix.unwrap_or("");
