@@ -216,20 +216,13 @@ impl XmppContact {
         match login {
             ContactLogin::Messenger => {
                 let tokens = oauth_tokens(env, user, "smoke-test").await;
-                cmd.args([
-                    "--jid",
-                    env.get("XMPP_MESSENGER_DOMAIN"),
-                    "--token",
-                    &tokens.access_token,
-                ]);
+                // `--x=value`: a token may start with '-', which argparse takes for an option.
+                cmd.arg(format!("--jid={}", env.get("XMPP_MESSENGER_DOMAIN")))
+                    .arg(format!("--token={}", tokens.access_token));
             }
             ContactLogin::Standard => {
-                cmd.args([
-                    "--jid",
-                    &format!("{user}@{}", env.get("XMPP_STANDARD_DOMAIN")),
-                    "--password",
-                    &format!("{user}pass"),
-                ]);
+                cmd.arg(format!("--jid={user}@{}", env.get("XMPP_STANDARD_DOMAIN")))
+                    .arg(format!("--password={user}pass"));
             }
         }
         if !presence {
