@@ -5,6 +5,7 @@
 # plus DNS:prosody (the service name the other containers use).
 set -eu
 d=/tls
+mkdir -p /var/lib/prosody-demo/data
 if [ ! -s "$d/server.crt" ] || [ ! -s "$d/ca.crt" ]; then
     umask 077
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=messenger-bridge demo CA" \
