@@ -85,7 +85,7 @@ impl TestBridge {
             "homeserver:\n  url: {hs}\n  server_name: {server}\n\
              appservice:\n  listen: 127.0.0.1:29317\n  registration: {reg}\n\
              xmpp:\n  profile: messenger\n  domain: {domain}\n  host: {host}\n  port: {port}\n  ca_file: {ca}\n  keepalive_secs: 30\n\
-             oauth:\n  authorize_url: {authz}\n  token_url: {token}\n  revoke_url: {revoke}\n  client_id: {cid}\n  client_secret: {secret}\n  redirect_url: {redirect}\n\
+             oauth:\n  authorize_url: {authz}\n  token_url: {token}\n  revoke_url: {revoke}\n  device_url: {device}\n  client_id: {cid}\n  client_secret: {secret}\n  redirect_url: {redirect}\n\
              database:\n  url: {db_url}\n  encryption_key: {key}\n\
              bridge:\n  permissions:\n    \"*\": none\n    {server}: user\n    \"@outsider:{server}\": none\n  state_notice_delay_secs: 3\n  max_message_bytes: 4000\n\
              logging:\n  filter: info,bridge=debug,xmpp_core=info\n",
@@ -99,6 +99,7 @@ impl TestBridge {
             authz = env.get("OAUTH_AUTHORIZE_URL"),
             token = env.get("OAUTH_TOKEN_URL"),
             revoke = env.get("OAUTH_REVOKE_URL"),
+            device = env.get("OAUTH_DEVICE_URL"),
             cid = env.get("OAUTH_CLIENT_ID"),
             secret = env.get("OAUTH_CLIENT_SECRET"),
             redirect = env.get("OAUTH_REDIRECT_URI"),
@@ -111,6 +112,13 @@ impl TestBridge {
             config,
             child: None,
         }
+    }
+
+    /// Adds `key: value` to the `bridge:` section of the config.
+    pub(crate) fn configure(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("bridge:\n", &format!("bridge:\n  {key}: {value}\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
     }
 
     fn command(&self) -> Command {

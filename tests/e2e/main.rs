@@ -10,4 +10,5 @@
 mod appservice_api;
 mod durability;
 mod harness;
+mod linking;
 mod messaging;

@@ -25,11 +25,11 @@ pub(crate) async fn welcome(bridge: &Bridge, user: &str) -> String {
 
 /// Runs one command line from `user` in `room`.
 pub(crate) async fn handle(bridge: &Bridge, user: &str, room: &str, line: &str) {
-    let reply = run(bridge, user, line).await;
+    let reply = run(bridge, user, room, line).await;
     bridge.bot_say(room, &reply).await;
 }
 
-async fn run(bridge: &Bridge, user: &str, line: &str) -> String {
+async fn run(bridge: &Bridge, user: &str, room: &str, line: &str) -> String {
     let inner = &bridge.inner;
     let (command, args) = line
         .split_once(char::is_whitespace)
@@ -41,7 +41,7 @@ async fn run(bridge: &Bridge, user: &str, line: &str) -> String {
             "You are already linked as {}. Send `logout` first to link another account.",
             u.jid
         ),
-        ("login", None) => match crate::linking::start_login(bridge, user, args).await {
+        ("login", None) => match crate::linking::start_login(bridge, user, room, args).await {
             Ok(text) | Err(text) => text,
         },
         ("cancel", _) => crate::linking::cancel(bridge, user),

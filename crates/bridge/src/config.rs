@@ -44,6 +44,10 @@ pub struct AppserviceConfig {
     /// The URL the homeserver reaches the bridge at (for `generate-registration`).
     #[serde(default)]
     pub url: Option<String>,
+    /// The URL people's browsers reach the bridge's login pages at (default: derived from
+    /// `oauth.redirect_url`, else `http://<listen>`).
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// The registration file (written by `messenger-bridge generate-registration`, loaded by the
     /// homeserver). When set, the id, tokens and bot localpart are read from it.
     #[serde(default)]
@@ -115,6 +119,9 @@ pub struct BehaviourConfig {
     /// Seconds a disconnect must last before the management room is told.
     #[serde(default = "default_notice_delay")]
     pub state_notice_delay_secs: u64,
+    /// How long a `login` link stays valid, in seconds.
+    #[serde(default = "default_link_lifetime")]
+    pub login_link_lifetime_secs: u64,
 }
 
 impl Default for BehaviourConfig {
@@ -124,6 +131,7 @@ impl Default for BehaviourConfig {
             presence_from_matrix: true,
             max_message_bytes: default_max_message(),
             state_notice_delay_secs: default_notice_delay(),
+            login_link_lifetime_secs: default_link_lifetime(),
         }
     }
 }
@@ -204,6 +212,9 @@ fn default_max_message() -> usize {
 }
 fn default_notice_delay() -> u64 {
     30
+}
+fn default_link_lifetime() -> u64 {
+    600
 }
 fn default_scopes() -> Vec<String> {
     vec![

@@ -13,7 +13,7 @@ use xmpp_core::sasl::Credentials;
 use crate::config::OAuthConfig;
 
 /// Refresh this long before the access token expires.
-const REFRESH_AHEAD_MS: i64 = 120_000;
+const REFRESH_AHEAD_MS: i64 = 60_000;
 
 /// What the provider's token endpoint answers.
 #[derive(Debug, Deserialize)]
@@ -183,6 +183,14 @@ impl StoreCredentials {
             .map_err(|e| e.to_string())?;
         tracing::info!(user = account, "refreshed the OAuth access token");
         Ok(response.access_token)
+    }
+}
+
+impl StoreCredentials {
+    /// Refreshes `account`'s access token if it expires soon, so that a reconnect at any moment
+    /// finds a valid one.
+    pub async fn refresh_if_expiring(&self, account: &str) -> Result<(), String> {
+        self.current(account, false).await.map(|_| ())
     }
 }
 

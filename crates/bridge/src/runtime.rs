@@ -32,6 +32,9 @@ use crate::ghost::GhostNames;
 use crate::mapping;
 use crate::matrix::{MatrixClient, MatrixError, client::user_id};
 
+/// Content key marking the events the bridge sent, with the transaction id they were sent
+/// with; lets a retry find out whether an earlier attempt went through.
+const TXN_MARKER: &str = "net.messenger-bridge.txn";
 /// How long a claimed outbox item is ours before another worker may take it over.
 const LEASE: Duration = Duration::from_secs(120);
 /// Matrix caps events at 64 KiB; keep message bodies well inside.
@@ -69,6 +72,12 @@ pub(crate) struct Inner {
     pub(crate) states: Mutex<HashMap<String, (ConnectionState, bool)>>,
     pub(crate) metrics: crate::metrics::Metrics,
     profile_sync: Semaphore,
+    /// Logins in progress.
+    pub(crate) logins: crate::linking::Logins,
+    /// The OAuth provider's token endpoint (refresh, device flow).
+    pub(crate) oauth: Option<crate::credentials::OAuthClient>,
+    /// TLS settings for XMPP (used to check a new login before storing it).
+    pub(crate) xmpp_tls: Arc<tokio_rustls::rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -100,8 +109,11 @@ impl Bridge {
         store: Store,
         matrix: MatrixClient,
         xmpp: SessionManager,
-        credentials: Arc<StoreCredentials>,
+        xmpp_tls: Arc<tokio_rustls::rustls::ClientConfig>,
+        oauth: Option<crate::credentials::OAuthClient>,
     ) -> Result<Self, StartError> {
+        let credentials = StoreCredentials::new(store.clone(), oauth.clone());
+        let link_lifetime = Duration::from_secs(config.bridge.login_link_lifetime_secs);
         let server = &config.homeserver.server_name;
         let bot = UserId::parse(format!("@{}:{server}", config.appservice.bot_localpart)).map_err(
             |e| {
@@ -131,6 +143,9 @@ impl Bridge {
                 states: Mutex::default(),
                 metrics: crate::metrics::Metrics::default(),
                 profile_sync: Semaphore::new(4),
+                logins: crate::linking::Logins::new(link_lifetime),
+                oauth,
+                xmpp_tls,
             }),
         })
     }
@@ -165,6 +180,7 @@ impl Bridge {
         tokio::spawn(self.clone().xmpp_event_loop(events));
         tokio::spawn(self.clone().deliver_to_matrix_forever());
         tokio::spawn(self.clone().deliver_to_xmpp_forever());
+        tokio::spawn(self.clone().refresh_tokens_forever());
         let users = inner.store.linked_users().await?;
         tracing::info!(
             count = users.len(),
@@ -537,8 +553,28 @@ impl Bridge {
                 let ts = payload["ts"].as_i64();
                 let parts = mapping::split_text(body, MAX_MATRIX_BODY);
                 let mut last_event = None;
+                // A retry may follow an attempt the homeserver did accept (its answer was lost,
+                // or it restarted and forgot the transaction id): look for our own marker first.
+                let already = if item.attempts > 1 {
+                    self.inner.matrix.recent_events(&ghost, &room, 100).await?
+                } else {
+                    Vec::new()
+                };
                 for (i, part) in parts.iter().enumerate() {
-                    let content = mapping::xmpp_body_to_matrix(part);
+                    // Derived from the outbox item: a retry after a crash reuses it, and the
+                    // homeserver answers with the event it already has.
+                    let txn = format!("xmpp-{}-{i}", item.id);
+                    if let Some(event) = already
+                        .iter()
+                        .find(|e| e["content"][TXN_MARKER] == txn.as_str())
+                    {
+                        last_event = event["event_id"]
+                            .as_str()
+                            .and_then(|id| ruma::EventId::parse(id).ok());
+                        continue;
+                    }
+                    let mut content = mapping::xmpp_body_to_matrix(part);
+                    content[TXN_MARKER] = Value::String(txn.clone());
                     let raw = ruma::serde::Raw::from_json(
                         serde_json::value::to_raw_value(&content).map_err(|e| {
                             MatrixError::Invalid {
@@ -547,9 +583,6 @@ impl Bridge {
                             }
                         })?,
                     );
-                    // Derived from the outbox item: a retry after a crash reuses it, and the
-                    // homeserver answers with the event it already has.
-                    let txn = format!("xmpp-{}-{i}", item.id);
                     let event = self
                         .inner
                         .matrix
@@ -734,6 +767,30 @@ impl Bridge {
             .await
         {
             tracing::warn!(room = room_id, error = %e, "the bot could not post a message");
+        }
+    }
+
+    /// Access tokens are refreshed ahead of expiry (rotating refresh tokens are saved at once),
+    /// whether or not a reconnect needs them now.
+    async fn refresh_tokens_forever(self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let Ok(users) = self.inner.store.linked_users().await else {
+                continue;
+            };
+            for user in users
+                .iter()
+                .filter(|u| u.connection_state != "bad_credentials")
+            {
+                if let Err(e) = self
+                    .inner
+                    .credentials
+                    .refresh_if_expiring(&user.matrix_user)
+                    .await
+                {
+                    tracing::warn!(user = %user.matrix_user, error = %e, "could not refresh the access token");
+                }
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use bridge::Bridge;
-use bridge::credentials::{OAuthClient, StoreCredentials};
+use bridge::credentials::OAuthClient;
 use bridge::matrix::MatrixClient;
 use settings::Settings;
 use store::{Keyring, LinkedUser, OAuthTokens, Store, StoreConfig};
@@ -188,7 +188,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         insecure_skip_verify: config.xmpp.insecure_skip_verify,
     })
     .context("xmpp TLS settings")?;
-    let mut manager_config = ManagerConfig::new(tls);
+    let mut manager_config = ManagerConfig::new(tls.clone());
     manager_config.max_concurrent_connects = config.xmpp.max_concurrent_connects;
     manager_config.timers.keepalive = Duration::from_secs(config.xmpp.keepalive_secs.clamp(5, 60));
     let (xmpp, events) = SessionManager::new(manager_config);
@@ -199,13 +199,13 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         .map(OAuthClient::new)
         .transpose()
         .map_err(|e| anyhow::anyhow!("oauth: {e}"))?;
-    let credentials = StoreCredentials::new(store.clone(), oauth);
     let bridge = Bridge::new(
         config.clone(),
         store.clone(),
         matrix.clone(),
         xmpp.clone(),
-        credentials,
+        tls,
+        oauth,
     )?;
 
     let server = tokio::spawn(bridge::matrix::appservice::serve(listener, bridge.clone()));

@@ -356,6 +356,23 @@ impl MatrixClient {
         Ok(self.send(request, Some(sender)).await?.event_id)
     }
 
+    /// The last `limit` events of a room (newest first), as JSON, read as `user`.
+    pub async fn recent_events(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        limit: u32,
+    ) -> Result<Vec<serde_json::Value>, MatrixError> {
+        let mut request = message::get_message_events::v3::Request::backward(room.to_owned());
+        request.limit = UInt::from(limit);
+        let response = self.send(request, Some(user)).await?;
+        Ok(response
+            .chunk
+            .iter()
+            .filter_map(|e| serde_json::from_str(e.json().get()).ok())
+            .collect())
+    }
+
     /// Typing on or off for `user` in `room`.
     pub async fn set_typing(
         &self,

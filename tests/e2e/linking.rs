@@ -1,0 +1,403 @@
+//! Account linking as a person does it: `login` in a DM with the bot, the link opened in a real
+//! browser (headless Chromium), the provider's sign-in page, back to the bridge's page; and the
+//! device-code login. Forged, replayed and expired links store nothing.
+
+use std::time::Duration;
+
+use ruma::{OwnedRoomId, UserId};
+use serde_json::Value;
+use testkit::{StackEnv, repo_root};
+
+use crate::harness::*;
+
+fn bot(env: &StackEnv) -> ruma::OwnedUserId {
+    UserId::parse(format!("@msnbot:{}", env.get("MATRIX_SERVER_NAME"))).unwrap()
+}
+
+/// Opens a DM with the bot and waits until it greets.
+async fn dm_with_bot(env: &StackEnv, user: &MatrixUser) -> OwnedRoomId {
+    let room = user.client.create_dm(&bot(env)).await.unwrap();
+    let room_id = room.room_id().to_owned();
+    bot_said(user, &room_id, env, |b| b.contains("login")).await;
+    room_id
+}
+
+/// Waits for a bot message matching `pred`; returns its body.
+async fn bot_said(
+    user: &MatrixUser,
+    room: &OwnedRoomId,
+    env: &StackEnv,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let bot = bot(env);
+    let msgs = user
+        .wait_messages(room, T, "bot reply", |m| {
+            bodies_from(m, bot.as_str()).iter().any(|b| pred(b))
+        })
+        .await;
+    bodies_from(&msgs, bot.as_str())
+        .into_iter()
+        .rev()
+        .find(|b| pred(b))
+        .unwrap()
+        .to_owned()
+}
+
+fn link_in(text: &str) -> String {
+    text.split_whitespace()
+        .find(|w| w.starts_with("http"))
+        .unwrap()
+        .to_owned()
+}
+
+/// Signs in at the provider over HTTP (tests/stack/oauth_flow.py) and returns the code it sends
+/// to the bridge's callback, without calling the callback.
+async fn walk_to_callback(env: &StackEnv, authorize_url: &str, account: &str) -> String {
+    let code = "import json, sys, requests; sys.path.insert(0, sys.argv[1]); import oauth_flow as o; \
+                q = o._walk(requests.Session(), sys.argv[2], sys.argv[3], sys.argv[3] + 'pass', False, \
+                stop=lambda u: '/login/callback' in u); print(q['code'][0])";
+    let out = tokio::process::Command::new(env.python())
+        .args(["-c", code])
+        .arg(repo_root().join("tests/stack"))
+        .arg(authorize_url)
+        .arg(account)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "walking the sign-in failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs the browser script; returns its JSON report.
+async fn browser(args: &[&str]) -> Value {
+    let out = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/browser/sign_in.mjs"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn login_in_a_real_browser_links_the_account_and_lists_contacts() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.start().await;
+    let user = MatrixUser::new(&env, "linker").await;
+    let room = dm_with_bot(&env, &user).await;
+
+    user.send_text(&room, "login").await;
+    let reply = bot_said(&user, &room, &env, |b| b.contains("/login/")).await;
+    let report = browser(&[&link_in(&reply), "alice", "alicepass"]).await;
+    assert_eq!(report["title"], "Linked", "{report}");
+    assert!(
+        report["message"].as_str().unwrap().contains("alice@"),
+        "{report}"
+    );
+
+    bot_said(&user, &room, &env, |b| b.starts_with("✅ Linked as alice@")).await;
+    user.send_text(&room, "contacts").await;
+    let contacts = bot_said(&user, &room, &env, |b| b.starts_with("Contacts:")).await;
+    assert!(
+        contacts.contains("Bob Builder") && contacts.contains("Carol Singer"),
+        "{contacts}"
+    );
+    user.send_text(&room, "status").await;
+    bot_said(&user, &room, &env, |b| b.contains("connected as alice@")).await;
+
+    // The tokens are stored, and encrypted.
+    bridge.stop().await;
+    let store = bridge.open_store().await;
+    let linked = store
+        .linked_user(user.user_id.as_str())
+        .await
+        .unwrap()
+        .expect("linked");
+    assert!(linked.jid.starts_with("alice@"));
+    assert!(
+        store
+            .oauth_tokens(user.user_id.as_str())
+            .await
+            .unwrap()
+            .is_some_and(|t| t.refresh_token.is_some())
+    );
+}
+
+#[tokio::test]
+async fn device_code_login_completes_with_the_code_entered_in_the_browser() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.start().await;
+    let user = MatrixUser::new(&env, "devicer").await;
+    let room = dm_with_bot(&env, &user).await;
+
+    user.send_text(&room, "login --device").await;
+    let reply = bot_said(&user, &room, &env, |b| b.contains("enter the code")).await;
+    let code = reply
+        .split("enter the code ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = link_in(&reply);
+    let report = browser(&[&url, "carol", "carolpass", "--code", &code]).await;
+    assert!(
+        report["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("success"),
+        "{report}"
+    );
+    bot_said(&user, &room, &env, |b| b.starts_with("✅ Linked as carol@")).await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn forged_replayed_and_foreign_sign_ins_store_nothing() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.start().await;
+    let user = MatrixUser::new(&env, "forger").await;
+    let room = dm_with_bot(&env, &user).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // A forged state.
+    let r = http
+        .get("http://127.0.0.1:29317/login/callback?code=abc&state=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("does not work"));
+
+    // Login 1: the link redirects to the provider with state and PKCE, and works once.
+    user.send_text(&room, "login").await;
+    let link1 = link_in(&bot_said(&user, &room, &env, |b| b.contains("/login/")).await);
+    let first = http.get(&link1).send().await.unwrap();
+    assert_eq!(
+        first.status(),
+        303,
+        "the first use redirects to the provider"
+    );
+    let location = first.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(env.get("OAUTH_AUTHORIZE_URL"))
+            && location.contains("code_challenge=")
+            && location.contains("state="),
+        "{location}"
+    );
+    assert_eq!(
+        http.get(&link1).send().await.unwrap().status(),
+        400,
+        "a link works once"
+    );
+    let state1 = location
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // Login 2, signed in for real at the provider, stopped before the callback (the provider's
+    // pages are walked over HTTP here: the browser cannot be kept from following a redirect).
+    user.send_text(&room, "login").await;
+    let link2 = link_in(
+        &bot_said(&user, &room, &env, |b| {
+            b.contains("/login/") && !b.contains(&link1)
+        })
+        .await,
+    );
+    let authorize2 = http.get(&link2).send().await.unwrap().headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let code2 = walk_to_callback(&env, &authorize2, "alice").await;
+
+    // Login 2's code with login 1's state: PKCE ties the code to its own login.
+    let r = http
+        .get(format!(
+            "http://127.0.0.1:29317/login/callback?code={code2}&state={state1}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a code from another sign-in is refused");
+    assert!(r.text().await.unwrap().contains("Sign-in failed"));
+    // Login 1's state again: a replay.
+    let r = http
+        .get(format!(
+            "http://127.0.0.1:29317/login/callback?code={code2}&state={state1}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a replayed state is refused");
+
+    bridge.stop().await;
+    let store = bridge.open_store().await;
+    assert!(
+        store
+            .linked_user(user.user_id.as_str())
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing was stored"
+    );
+    assert!(
+        store
+            .oauth_tokens(user.user_id.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_link_is_refused() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.configure("login_link_lifetime_secs", "2");
+    bridge.start().await;
+    let user = MatrixUser::new(&env, "late").await;
+    let room = dm_with_bot(&env, &user).await;
+    user.send_text(&room, "login").await;
+    let link = link_in(&bot_said(&user, &room, &env, |b| b.contains("/login/")).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 400, "an expired link is refused");
+    bridge.stop().await;
+    let store = bridge.open_store().await;
+    assert!(
+        store
+            .linked_user(user.user_id.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Restarts the OAuth provider with another access-token lifetime.
+async fn oauth_token_ttl(seconds: u32) {
+    let status = tokio::process::Command::new(repo_root().join("deploy/local/stack"))
+        .args(["restart", "oauth"])
+        .env("OAUTH_ACCESS_TOKEN_TTL", seconds.to_string())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "restarting the OAuth provider failed");
+}
+
+#[tokio::test]
+async fn conversation_keeps_flowing_with_30_second_tokens() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    oauth_token_ttl(30).await;
+    let result = tokio::spawn(async move {
+        let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+        let user = MatrixUser::new(&env, "alice").await;
+        let mut bob =
+            testkit::XmppContact::start(&env, "bob", testkit::ContactLogin::Messenger).await;
+        let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
+        let ghost = format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"));
+        let alice_jid = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
+        let store_tokens = || async {
+            bridge
+                .open_store()
+                .await
+                .oauth_tokens(user.user_id.as_str())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let first = store_tokens().await;
+        let started = tokio::time::Instant::now();
+        let mut round = 0;
+        while started.elapsed() < Duration::from_secs(120) {
+            round += 1;
+            let tag = unique(&format!("r{round} "));
+            bob.send_chat(&alice_jid, Some(&tag), None).await;
+            user.wait_messages(&room, T, "a message during the token test", |m| {
+                bodies_from(m, &ghost).contains(&tag.as_str())
+            })
+            .await;
+            user.send_text(&room, &format!("{tag} back")).await;
+            bob.wait_for(T, |e| {
+                e["event"] == "message" && e["body"] == format!("{tag} back").as_str()
+            })
+            .await;
+            if round == 4 {
+                // Force a reconnect: the new login needs a token that is still valid.
+                let s = tokio::process::Command::new(repo_root().join("deploy/local/stack"))
+                    .args(["restart", "prosody"])
+                    .status()
+                    .await
+                    .unwrap();
+                assert!(s.success());
+                bob = testkit::XmppContact::start(&env, "bob", testkit::ContactLogin::Messenger)
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let last = store_tokens().await;
+        assert_ne!(
+            first.access_token, last.access_token,
+            "the access token was refreshed"
+        );
+        assert_ne!(
+            first.refresh_token, last.refresh_token,
+            "the rotated refresh token was saved"
+        );
+        // The user saw nothing from the bot about logins.
+        let msgs = user.messages(&room).await;
+        assert!(
+            !msgs.iter().any(|m| m["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("login") || b.contains("⚠"))),
+            "the user saw a notice"
+        );
+        bob.quit().await;
+        bridge.stop().await;
+        let linked = bridge
+            .open_store()
+            .await
+            .linked_user(user.user_id.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            linked.connection_state, "logged_out",
+            "the session ended only when the bridge stopped"
+        );
+    })
+    .await;
+    oauth_token_ttl(3600).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
