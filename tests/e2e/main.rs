@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod appservice_api;
+mod demo;
 mod durability;
 mod harness;
 mod linking;

@@ -673,9 +673,11 @@ impl Bridge {
             Ok(delivered) => {
                 let _ = store.ack(&item).await;
                 if delivered {
-                    self.inner
-                        .metrics
-                        .bridged("matrix_to_xmpp", started.elapsed(), None);
+                    self.inner.metrics.bridged(
+                        "matrix_to_xmpp",
+                        started.elapsed(),
+                        Some(item.created_at),
+                    );
                 }
             }
             Err(crate::events::HandleError::Retry(reason)) => {

@@ -1,0 +1,319 @@
+//! Burst benchmark on the real stack (not a test): 2,000 messages XMPP → Matrix and 2,000
+//! Matrix → XMPP through a release build of the bridge. Reports the bridge's CPU seconds per
+//! 1,000 messages next to Synapse's in the same run, and the bridge-added latency from its
+//! `/metrics` histograms (stanza received → homeserver accepted; transaction received → stanza
+//! written).
+//!
+//!   deploy/local/stack up
+//!   cargo build --release -p messenger-bridge
+//!   cargo bench -p messenger-bridge --bench burst [-- N]
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testkit::{ContactLogin, StackEnv, XmppContact, repo_root};
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of /proc/PID/stat (1-based, counting pid and comm).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+struct Matrix {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Matrix {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.unwrap();
+        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null)
+    }
+
+    async fn count_from(&self, room: &str, sender: &str, prefix: &str) -> usize {
+        let mut count = 0;
+        let mut from: Option<String> = None;
+        for _ in 0..20 {
+            let mut path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+                enc(room)
+            );
+            if let Some(f) = &from {
+                path.push_str(&format!("&from={}", enc(f)));
+            }
+            let page = self.call(reqwest::Method::GET, &path, None).await;
+            let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+            count += chunk
+                .iter()
+                .filter(|e| {
+                    e["sender"] == sender
+                        && e["content"]["body"]
+                            .as_str()
+                            .is_some_and(|b| b.starts_with(prefix))
+                })
+                .count();
+            match page["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+                _ => break,
+            }
+        }
+        count
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn quantile(metrics: &str, name: &str, direction: &str, q: f64) -> String {
+    let prefix = format!("{name}_bucket{{direction=\"{direction}\",le=\"");
+    let buckets: Vec<(String, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            Some((le.to_owned(), rest.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    match buckets.iter().find(|(_, c)| *c >= q * total) {
+        Some((le, _)) if le == "+Inf" => "> 5 s".to_owned(),
+        Some((le, _)) => format!("≤ {} ms", le.parse::<f64>().unwrap() * 1000.0),
+        None => "n/a".to_owned(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let env = StackEnv::load();
+    let bin = std::env::var("MESSENGER_BRIDGE_BIN").unwrap_or_else(|_| {
+        repo_root()
+            .join("target/release/messenger-bridge")
+            .display()
+            .to_string()
+    });
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "build the bridge first: cargo build --release -p messenger-bridge"
+    );
+    let dir = std::env::temp_dir().join(format!("mb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = String::from_utf8(
+        std::process::Command::new(&bin)
+            .arg("generate-key")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, format!(
+        "homeserver: {{url: \"{}\", server_name: \"{}\"}}\nappservice: {{listen: \"127.0.0.1:29317\", registration: \"{}\"}}\n\
+         xmpp: {{profile: messenger, domain: \"{}\", host: \"{}\", port: {}, ca_file: \"{}\"}}\n\
+         oauth: {{authorize_url: \"{}\", token_url: \"{}\", client_id: \"{}\", client_secret: \"{}\", redirect_url: \"{}\"}}\n\
+         database: {{url: \"sqlite://{}/bridge.db\", encryption_key: \"{}\"}}\nbridge: {{permissions: {{\"{}\": user}}}}\nlogging: {{filter: warn}}\n",
+        env.get("SYNAPSE_URL"), env.get("MATRIX_SERVER_NAME"), env.get("AS_REGISTRATION"), env.get("XMPP_MESSENGER_DOMAIN"), env.get("XMPP_HOST"),
+        env.get("XMPP_PORT"), env.get("XMPP_CA_FILE"), env.get("OAUTH_AUTHORIZE_URL"), env.get("OAUTH_TOKEN_URL"), env.get("OAUTH_CLIENT_ID"),
+        env.get("OAUTH_CLIENT_SECRET"), env.get("OAUTH_REDIRECT_URI"), dir.display(), key.trim(), env.get("MATRIX_SERVER_NAME"),
+    )).unwrap();
+
+    // A Matrix user linked to alice.
+    let username = format!("bench{}", std::process::id());
+    testkit::register_matrix_user(&env, &username, "pass-word-1").await;
+    let http = reqwest::Client::new();
+    let login: Value = serde_json::from_slice(&http.post(format!("{}/_matrix/client/v3/login", env.get("SYNAPSE_URL")))
+        .header("content-type", "application/json")
+        .body(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": username}, "password": "pass-word-1"}).to_string())
+        .send().await.unwrap().bytes().await.unwrap()).unwrap();
+    let matrix = Matrix {
+        http: http.clone(),
+        base: env.get("SYNAPSE_URL").to_owned(),
+        token: login["access_token"].as_str().unwrap().to_owned(),
+    };
+    let user_id = login["user_id"].as_str().unwrap().to_owned();
+    let tokens = testkit::bridge_tokens_json(&env, "alice").await;
+    let mut link = tokio::process::Command::new(&bin)
+        .arg("-c")
+        .arg(&config)
+        .args([
+            "link",
+            "--user",
+            &user_id,
+            "--jid",
+            &format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN")),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(link.stdin.as_mut().unwrap(), tokens.as_bytes())
+        .await
+        .unwrap();
+    drop(link.stdin.take());
+    assert!(link.wait().await.unwrap().success());
+
+    let mut bridge = tokio::process::Command::new(&bin)
+        .arg("-c")
+        .arg(&config)
+        .arg("run")
+        .kill_on_drop(true)
+        .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let bridge_pid = bridge.id().unwrap();
+    let synapse_pid: u32 = env.get("SYNAPSE_PID").parse().unwrap();
+    for _ in 0..200 {
+        if http
+            .get("http://127.0.0.1:29317/health")
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
+    let alice = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
+    let ghost = format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"));
+
+    // Open the portal and join it.
+    bob.send_chat(&alice, Some("open"), None).await;
+    let room = loop {
+        let sync = matrix
+            .call(
+                reqwest::Method::GET,
+                "/_matrix/client/v3/sync?timeout=2000",
+                None,
+            )
+            .await;
+        if let Some(invites) = sync["rooms"]["invite"].as_object()
+            && let Some(room) = invites.keys().next()
+        {
+            matrix
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/_matrix/client/v3/join/{}", enc(room)),
+                    Some(json!({})),
+                )
+                .await;
+            break room.clone();
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // XMPP → Matrix.
+    let tag = format!("x{}", std::process::id());
+    let (b0, s0, t0) = (
+        cpu_seconds(bridge_pid),
+        cpu_seconds(synapse_pid),
+        Instant::now(),
+    );
+    for i in 0..n {
+        bob.send_chat(&alice, Some(&format!("{tag} {i}")), None)
+            .await;
+    }
+    while matrix.count_from(&room, &ghost, &tag).await < n {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (b1, s1, x_secs) = (
+        cpu_seconds(bridge_pid),
+        cpu_seconds(synapse_pid),
+        t0.elapsed().as_secs_f64(),
+    );
+
+    // Matrix → XMPP.
+    let tag2 = format!("m{}", std::process::id());
+    let (b2, s2, t2) = (
+        cpu_seconds(bridge_pid),
+        cpu_seconds(synapse_pid),
+        Instant::now(),
+    );
+    for i in 0..n {
+        matrix
+            .call(
+                reqwest::Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/b{i}",
+                    enc(&room)
+                ),
+                Some(json!({"msgtype": "m.text", "body": format!("{tag2} {i}")})),
+            )
+            .await;
+    }
+    let mut got = 0;
+    while got < n {
+        bob.wait_for(Duration::from_secs(120), |e| {
+            e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with(&tag2))
+        })
+        .await;
+        got += 1;
+    }
+    let (b3, s3, m_secs) = (
+        cpu_seconds(bridge_pid),
+        cpu_seconds(synapse_pid),
+        t2.elapsed().as_secs_f64(),
+    );
+    let metrics = http
+        .get("http://127.0.0.1:29317/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let per_k = |cpu: f64| cpu * 1000.0 / n as f64;
+    println!("burst of {n} messages each way (bridge release build, SQLite, 2 cores)");
+    println!(
+        "| direction | wall s | bridge CPU s / 1,000 msgs | Synapse CPU s / 1,000 msgs | bridge / Synapse | added latency p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (dir, wall, b, s) in [
+        ("XMPP → Matrix", x_secs, b1 - b0, s1 - s0),
+        ("Matrix → XMPP", m_secs, b3 - b2, s3 - s2),
+    ] {
+        let d = if dir.starts_with("XMPP") {
+            "xmpp_to_matrix"
+        } else {
+            "matrix_to_xmpp"
+        };
+        println!(
+            "| {dir} | {wall:.1} | {:.3} | {:.3} | {:.1}% | {} | {} |",
+            per_k(b),
+            per_k(s),
+            100.0 * b / s.max(1e-9),
+            quantile(&metrics, "messenger_bridge_end_to_end_seconds", d, 0.5),
+            quantile(&metrics, "messenger_bridge_end_to_end_seconds", d, 0.99),
+        );
+    }
+    bob.quit().await;
+    let _ = bridge.kill().await;
+}
