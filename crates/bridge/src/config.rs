@@ -30,6 +30,9 @@ pub struct HomeserverConfig {
     pub url: String,
     /// The server name in user ids, e.g. `example.org`.
     pub server_name: String,
+    /// How long to wait at start for the homeserver to answer (it may still be starting).
+    #[serde(default = "default_startup_wait")]
+    pub startup_wait_secs: u64,
 }
 
 /// The appservice side.
@@ -171,6 +174,9 @@ impl BehaviourConfig {
     }
 }
 
+fn default_startup_wait() -> u64 {
+    60
+}
 fn default_listen() -> String {
     "127.0.0.1:29317".into()
 }

@@ -160,6 +160,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         Keyring::parse(&settings.database.encryption_key).context("database.encryption_key")?;
     let mut config = StoreConfig::new(settings.database.url.clone(), keyring);
     config.max_connections = settings.database.max_connections;
+    config.connect_attempts = settings.database.connect_attempts.max(1);
     Ok(Store::open(config).await?)
 }
 
@@ -236,7 +237,8 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 async fn connect_homeserver(config: &bridge::config::BridgeConfig) -> anyhow::Result<MatrixClient> {
     // The homeserver may still be starting (docker compose): try for a minute.
     let mut delay = Duration::from_millis(500);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(config.homeserver.startup_wait_secs);
     loop {
         match MatrixClient::connect(
             &config.homeserver.url,

@@ -26,6 +26,9 @@ pub(crate) struct DatabaseSettings {
     pub(crate) encryption_key: String,
     #[serde(default = "default_max_connections")]
     pub(crate) max_connections: u32,
+    /// Connection attempts at start (with backoff) before giving up.
+    #[serde(default = "default_connect_attempts")]
+    pub(crate) connect_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +53,9 @@ fn default_filter() -> String {
 }
 fn default_format() -> String {
     "text".into()
+}
+fn default_connect_attempts() -> u32 {
+    10
 }
 fn default_max_connections() -> u32 {
     8
