@@ -366,3 +366,73 @@ async fn set_presence(user: &MatrixUser, presence: &str, status: &str) {
         .unwrap();
     assert!(r.status().is_success());
 }
+
+#[tokio::test]
+async fn huge_messages_are_split_not_dropped_and_errors_become_notices() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let user = MatrixUser::new(&env, "alice").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
+    let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
+
+    // 10,000 characters with max_message_bytes 4000 in the test config: three stanzas, in order.
+    let tag = unique("huge");
+    let words: Vec<String> = (0..1200).map(|i| format!("w{i:04}")).collect();
+    let text = format!("{tag} {}", words.join(" "));
+    user.send_text(&room, &text).await;
+    let mut parts: Vec<String> = Vec::new();
+    while parts.concat().split_whitespace().count() < text.split_whitespace().count() {
+        let ev = bob
+            .wait_for(T, |e| {
+                e["event"] == "message"
+                    && e["body"].is_string()
+                    && !e["body"].as_str().unwrap().starts_with("open")
+            })
+            .await;
+        let body = ev["body"].as_str().unwrap().to_owned();
+        assert!(body.len() <= 4000, "a part of {} bytes", body.len());
+        parts.push(format!("{body} "));
+    }
+    assert!(parts.len() >= 2, "the message was split");
+    let joined: Vec<String> = parts
+        .concat()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let original: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(joined, original, "nothing lost, nothing reordered");
+
+    // A message the server cannot deliver comes back as an error: the user sees a notice.
+    let nobody = UserId::parse(format!(
+        "@msn_nobody{}:{}",
+        unique(""),
+        env.get("MATRIX_SERVER_NAME")
+    ))
+    .unwrap();
+    let dm = user.client.create_dm(&nobody).await.unwrap();
+    let dm_id = dm.room_id().to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    user.send_text(&dm_id, "is anyone there?").await;
+    let msgs = user
+        .wait_messages(&dm_id, T, "an error notice", |m| {
+            m.iter().any(|e| {
+                e["content"]["msgtype"] == "m.notice"
+                    && e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.contains("not delivered"))
+            })
+        })
+        .await;
+    let notice = msgs
+        .iter()
+        .find(|e| e["content"]["msgtype"] == "m.notice")
+        .unwrap();
+    assert_eq!(
+        notice["sender"],
+        nobody.as_str(),
+        "the notice comes from the contact's ghost in its portal"
+    );
+    bob.quit().await;
+    bridge.stop().await;
+}

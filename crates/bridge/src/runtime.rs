@@ -2,9 +2,9 @@
 //!
 //! Delivery is durable both ways through the store's outbox:
 //! - Matrix → XMPP: the appservice records every event of a transaction (queue = room) before it
-//!   answers 200; [`Bridge::deliver_to_xmpp_forever`] delivers them once the user's session is up.
+//!   answers 200; the to-XMPP delivery loop delivers them once the user's session is up.
 //! - XMPP → Matrix: each stanza is recorded (queue = portal) as it arrives;
-//!   [`Bridge::deliver_to_matrix_forever`] sends it with a transaction id derived from the outbox item, so a
+//!   the to-Matrix delivery loop sends it with a transaction id derived from the outbox item, so a
 //!   retry after a crash is idempotent.
 //!
 //! The store hands out only the oldest unfinished item of each queue, so order is kept per
@@ -178,8 +178,8 @@ impl Bridge {
             tracing::warn!(error = %e, "could not set the bot's display name");
         }
         tokio::spawn(self.clone().xmpp_event_loop(events));
-        tokio::spawn(self.clone().deliver_to_matrix_forever());
-        tokio::spawn(self.clone().deliver_to_xmpp_forever());
+        tokio::spawn(self.clone().deliver_forever(Direction::ToMatrix));
+        tokio::spawn(self.clone().deliver_forever(Direction::ToXmpp));
         tokio::spawn(self.clone().refresh_tokens_forever());
         let users = inner.store.linked_users().await?;
         tracing::info!(
@@ -470,9 +470,11 @@ impl Bridge {
         Ok(())
     }
 
-    async fn deliver_to_matrix_forever(self) {
+    /// Claims outbox items of one direction and delivers them, concurrently across queues (the
+    /// store hands out one item per queue at a time, so each portal stays in order).
+    async fn deliver_forever(self, direction: Direction) {
         loop {
-            let items = match self.inner.store.claim(Direction::ToMatrix, 32, LEASE).await {
+            let items = match self.inner.store.claim(direction, 32, LEASE).await {
                 Ok(items) => items,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox; retrying");
@@ -481,17 +483,22 @@ impl Bridge {
                 }
             };
             if items.is_empty() {
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    self.inner.wake_to_matrix.notified(),
-                )
-                .await;
+                let wake = match direction {
+                    Direction::ToMatrix => &self.inner.wake_to_matrix,
+                    Direction::ToXmpp => &self.inner.wake_to_xmpp,
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
                 continue;
             }
             let mut tasks = tokio::task::JoinSet::new();
             for item in items {
                 let this = self.clone();
-                tasks.spawn(async move { this.deliver_to_matrix(item).await });
+                tasks.spawn(async move {
+                    match direction {
+                        Direction::ToMatrix => this.deliver_to_matrix(item).await,
+                        Direction::ToXmpp => this.deliver_to_xmpp(item).await,
+                    }
+                });
             }
             while tasks.join_next().await.is_some() {}
         }
@@ -637,33 +644,6 @@ impl Bridge {
     }
 
     // ---------------------------------------------------------------- Matrix → XMPP
-
-    async fn deliver_to_xmpp_forever(self) {
-        loop {
-            let items = match self.inner.store.claim(Direction::ToXmpp, 32, LEASE).await {
-                Ok(items) => items,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-            };
-            if items.is_empty() {
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    self.inner.wake_to_xmpp.notified(),
-                )
-                .await;
-                continue;
-            }
-            let mut tasks = tokio::task::JoinSet::new();
-            for item in items {
-                let this = self.clone();
-                tasks.spawn(async move { this.deliver_to_xmpp(item).await });
-            }
-            while tasks.join_next().await.is_some() {}
-        }
-    }
 
     async fn deliver_to_xmpp(&self, item: ClaimedItem) {
         let started = std::time::Instant::now();
