@@ -100,6 +100,11 @@ async fn on_membership(bridge: &Bridge, event: &Value, sender: &str, room_id: &s
                     .store
                     .upsert_portal(sender, &contact.to_string(), room_id)
                     .await;
+                inner
+                    .portal_rooms
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert((sender.to_owned(), contact.to_string()), room.to_owned());
                 let _ = bridge.ensure_ghost(sender, &contact, false).await;
             }
         }
@@ -111,6 +116,11 @@ async fn on_membership(bridge: &Bridge, event: &Value, sender: &str, room_id: &s
     {
         // The user left the portal: forget it; the next message opens a new one.
         let _ = inner.store.delete_portal(room_id).await;
+        inner
+            .portal_rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(portal.matrix_user.clone(), portal.contact_jid.clone()));
         if let Ok(contact) = Jid::parse(&portal.contact_jid) {
             let _ = inner
                 .matrix

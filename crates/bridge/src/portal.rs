@@ -27,12 +27,27 @@ impl Bridge {
     ) -> Result<OwnedUserId, MatrixError> {
         let inner = &self.inner;
         let ghost = inner.ghosts.user_id(contact);
+        let ready = |inner: &crate::runtime::Inner| {
+            inner
+                .ghosts_ready
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&contact.to_string())
+        };
+        if !refresh && ready(inner) {
+            return Ok(ghost);
+        }
         let lock = self.lock_for(&format!("ghost|{contact}"));
         let _guard = lock.lock().await;
         self.ensure_registered(&ghost).await?;
         let jid = contact.to_string();
         let record = inner.store.ghost(&jid).await.ok().flatten();
         if record.is_some() && !refresh {
+            inner
+                .ghosts_ready
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(jid);
             return Ok(ghost);
         }
         let vcard = if inner.xmpp.session(account).is_some() {
@@ -94,6 +109,11 @@ impl Bridge {
         {
             tracing::warn!(contact = %jid, error = %e, "could not save a ghost");
         }
+        inner
+            .ghosts_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(jid);
         Ok(ghost)
     }
 
@@ -106,11 +126,25 @@ impl Bridge {
     ) -> Result<OwnedRoomId, MatrixError> {
         let inner = &self.inner;
         let jid = contact.to_string();
+        let key = (account.to_owned(), jid.clone());
+        if let Some(room) = inner
+            .portal_rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(room.clone());
+        }
         let lock = self.lock_for(&format!("portal|{account}|{jid}"));
         let _guard = lock.lock().await;
         if let Some(p) = inner.store.portal(account, &jid).await.map_err(store_err)?
             && let Ok(room) = RoomId::parse(&p.room_id)
         {
+            inner
+                .portal_rooms
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, room.clone());
             return Ok(room);
         }
         let ghost = inner.ghosts.user_id(contact);
@@ -139,6 +173,11 @@ impl Bridge {
             .await
             .map_err(store_err)?;
         tracing::info!(user = account, contact = %jid, room = %room, "created a portal");
+        inner
+            .portal_rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, room.clone());
         Ok(room)
     }
 

@@ -66,6 +66,13 @@ pub(crate) struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Portal rooms where the linked user is typing (for chat states).
     typing_in: Mutex<HashSet<String>>,
+    /// `room|ghost` pairs where a ghost is shown typing, so a message turns it off only then.
+    ghost_typing: Mutex<HashSet<String>>,
+    /// Contacts whose ghost is set up (registered, named) in this run: the hot path skips the
+    /// store for them.
+    pub(crate) ghosts_ready: Mutex<HashSet<String>>,
+    /// Portal rooms by (user, contact), as stored.
+    pub(crate) portal_rooms: Mutex<HashMap<(String, String), ruma::OwnedRoomId>>,
     /// The linked users' last Matrix presence sent to XMPP.
     user_presence: Mutex<HashMap<String, (String, Option<String>)>>,
     /// Connection state per user and whether its disconnect was announced.
@@ -139,6 +146,9 @@ impl Bridge {
                 roster_names: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
+                ghost_typing: Mutex::default(),
+                ghosts_ready: Mutex::default(),
+                portal_rooms: Mutex::default(),
                 user_presence: Mutex::default(),
                 states: Mutex::default(),
                 metrics: crate::metrics::Metrics::default(),
@@ -379,6 +389,19 @@ impl Bridge {
             return;
         };
         let ghost = self.inner.ghosts.user_id(contact);
+        {
+            let mut typing_now = self
+                .inner
+                .ghost_typing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = format!("{room}|{ghost}");
+            if typing {
+                typing_now.insert(key)
+            } else {
+                typing_now.remove(&key)
+            };
+        }
         if let Err(e) = self
             .inner
             .matrix
@@ -604,12 +627,20 @@ impl Bridge {
                         .map_message(room.as_str(), event.as_str(), stanza)
                         .await;
                 }
-                // A message ends typing (XEP-0085 §5.3).
-                let _ = self
+                // A message ends typing (XEP-0085 §5.3), if the ghost was shown typing.
+                let was_typing = self
                     .inner
-                    .matrix
-                    .set_typing(&ghost, &room, false, Duration::from_secs(1))
-                    .await;
+                    .ghost_typing
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&format!("{room}|{ghost}"));
+                if was_typing {
+                    let _ = self
+                        .inner
+                        .matrix
+                        .set_typing(&ghost, &room, false, Duration::from_secs(1))
+                        .await;
+                }
             }
             Some("notice") => {
                 let text = payload["text"].as_str().unwrap_or("⚠");

@@ -15,13 +15,19 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use testkit::{ContactLogin, StackEnv, XmppContact, repo_root};
 
-fn cpu_seconds(pid: u32) -> f64 {
+/// User and system CPU seconds of a process so far.
+fn cpu_times(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = stat.rsplit_once(')').unwrap().1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of /proc/PID/stat (1-based, counting pid and comm).
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    let tick = |i: usize| fields[i].parse::<f64>().unwrap() / 100.0;
+    (tick(11), tick(12))
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let (u, s) = cpu_times(pid);
+    u + s
 }
 
 struct Matrix {

@@ -124,41 +124,45 @@ async fn transaction(
         }
     };
     let store = &bridge.inner.store;
+    // Only real users' messages and memberships are recorded; most transactions carry just the
+    // echoes of our own ghosts, and those need no database work at all.
+    let events: Vec<(String, String, Vec<u8>)> = txn
+        .events
+        .iter()
+        .filter_map(|raw| serde_json::from_str::<Value>(raw.json().get()).ok())
+        .filter(|event| should_record(&bridge, event))
+        .filter_map(|event| {
+            let room = event["room_id"].as_str()?.to_owned();
+            let event_id = event["event_id"].as_str()?.to_owned();
+            Some((room, event_id, serde_json::to_vec(&event).ok()?))
+        })
+        .collect();
     // Synapse on SQLite reuses ids after its own restart, so an id alone is not a duplicate:
     // the content must match too.
     let fingerprint: String = sha2::Sha256::digest(&body)[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    match store.txn_status(&txn_id, &fingerprint).await {
-        Ok(TxnStatus::Duplicate) => return (StatusCode::OK, axum::Json(json!({}))).into_response(),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "cannot check a transaction; asking the homeserver to retry");
-            return matrix_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "M_UNKNOWN",
-                "the bridge's database is unavailable",
-            );
+    if !events.is_empty() {
+        match store.txn_status(&txn_id, &fingerprint).await {
+            Ok(TxnStatus::Duplicate) => {
+                return (StatusCode::OK, axum::Json(json!({}))).into_response();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check a transaction; asking the homeserver to retry");
+                return matrix_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "M_UNKNOWN",
+                    "the bridge's database is unavailable",
+                );
+            }
         }
     }
     let mut recorded = 0usize;
-    for raw in &txn.events {
-        let Ok(event) = serde_json::from_str::<Value>(raw.json().get()) else {
-            continue;
-        };
-        if !should_record(&bridge, &event) {
-            continue;
-        }
-        let (Some(room), Some(event_id)) = (event["room_id"].as_str(), event["event_id"].as_str())
-        else {
-            continue;
-        };
-        let Ok(bytes) = serde_json::to_vec(&event) else {
-            continue;
-        };
+    for (room, event_id, bytes) in &events {
         if let Err(e) = store
-            .enqueue(Direction::ToXmpp, room, &bytes, Some(event_id))
+            .enqueue(Direction::ToXmpp, room, bytes, Some(event_id))
             .await
         {
             tracing::error!(error = %e, "cannot record an event; asking the homeserver to retry");
@@ -179,7 +183,9 @@ async fn transaction(
             tokio::spawn(async move { bridge.on_ephemeral(&data).await });
         }
     }
-    if let Err(e) = store.mark_txn(&txn_id, &fingerprint).await {
+    if !events.is_empty()
+        && let Err(e) = store.mark_txn(&txn_id, &fingerprint).await
+    {
         tracing::warn!(error = %e, "could not mark a transaction as done (it may be replayed; events are deduplicated)");
     }
     (StatusCode::OK, axum::Json(json!({}))).into_response()
