@@ -21,6 +21,8 @@ class Contact(slixmpp.ClientXMPP):
         self.ca_certs = args.ca
         self.enable_direct_tls = False
         self.enable_plaintext = False
+        # The Messenger-profile host closes idle connections (STACK_XMPP_IDLE_TIMEOUT, 60 s).
+        self.whitespace_keepalive_interval = 20
         self.greet = args.to
         for plugin in ("xep_0030", "xep_0085", "xep_0199"):
             self.register_plugin(plugin)

@@ -175,3 +175,69 @@ async fn rejected_token_is_replaced_by_the_refreshed_one() {
     assert_eq!(creds.rejected.load(Ordering::SeqCst), 1);
     mgr.shutdown().await;
 }
+
+#[tokio::test]
+async fn keepalive_keeps_an_idle_session_past_the_servers_idle_timeout() {
+    let env = StackEnv::load();
+    let idle: u64 = env.get("XMPP_IDLE_TIMEOUT").parse().unwrap();
+    let pinging = oauth_tokens(&env, "bob", "smoke-test").await;
+    let silent = oauth_tokens(&env, "carol", "smoke-test").await;
+    let (with_keepalive, mut rx_a) =
+        manager_with(&env, |c| c.timers.keepalive = Duration::from_secs(idle / 3));
+    // The control: pings far apart, so the server's idle timeout bites.
+    let (without, mut rx_b) =
+        manager_with(&env, |c| c.timers.keepalive = Duration::from_secs(3600));
+    with_keepalive.start(
+        messenger_account(&env, "idle-a"),
+        FixedCredentials::new(Credentials::AccessToken(pinging.access_token)),
+    );
+    without.start(
+        messenger_account(&env, "idle-b"),
+        FixedCredentials::new(Credentials::AccessToken(silent.access_token)),
+    );
+    wait_for(&mut rx_a, "idle-a", T, |e| {
+        matches!(e, ManagerEvent::State(ConnectionState::Connected { .. }))
+    })
+    .await;
+    wait_for(&mut rx_b, "idle-b", T, |e| {
+        matches!(e, ManagerEvent::State(ConnectionState::Connected { .. }))
+    })
+    .await;
+
+    // The silent session is cut once the idle timeout passes…
+    let limit = Duration::from_secs(idle + 30);
+    let ev = wait_for(&mut rx_b, "idle-b", limit, |e| {
+        matches!(
+            e,
+            ManagerEvent::State(ConnectionState::TransientDisconnect { .. })
+        )
+    })
+    .await;
+    let ManagerEvent::State(ConnectionState::TransientDisconnect { reason, .. }) = ev else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("connection-timeout") || reason.contains("closed"),
+        "{reason}"
+    );
+    // …while the pinging one, idle just as long, is still up and never dropped.
+    let mut dropped = Vec::new();
+    while let Ok(ev) = rx_a.try_recv() {
+        if matches!(
+            ev.event,
+            ManagerEvent::State(ConnectionState::TransientDisconnect { .. })
+        ) {
+            dropped.push(ev);
+        }
+    }
+    assert!(
+        dropped.is_empty(),
+        "the session with keepalive was dropped: {dropped:?}"
+    );
+    assert!(
+        with_keepalive.roster("idle-a").await.is_ok(),
+        "the session with keepalive still answers"
+    );
+    with_keepalive.shutdown().await;
+    without.shutdown().await;
+}

@@ -79,3 +79,14 @@ end
 module:hook("pre-presence/bare", check_presence, 100);
 module:hook("pre-presence/full", check_presence, 100);
 module:hook("pre-presence/host", check_presence, 100);
+
+-- Idle connections: the Messenger service dropped connections that were idle for one or two
+-- minutes, so clients had to keep them alive (XEP-0199 pings or whitespace). Prosody fires
+-- c2s-read-timeout when nothing was read for network_settings.read_timeout seconds; on this host
+-- the session is closed instead of probed (mod_c2s's own handler runs at priority -1).
+module:hook("c2s-read-timeout", function (event)
+	local session = event.session;
+	session.log("info", "Closing an idle connection (Messenger profile idle timeout)");
+	session:close({ condition = "connection-timeout", text = "Idle connection closed" });
+	return true;
+end, 10);
