@@ -121,6 +121,13 @@ impl TestBridge {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Replaces text in the config (e.g. `"profile: messenger"` → `"profile: standard"`).
+    pub(crate) fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "{from:?} not in the config");
+        std::fs::write(&self.config, text.replacen(from, to, 1)).unwrap();
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_messenger-bridge"));
         c.arg("-c").arg(&self.config);

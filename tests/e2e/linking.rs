@@ -50,6 +50,27 @@ fn link_in(text: &str) -> String {
         .to_owned()
 }
 
+/// Whether the provider still considers a token active (RFC 7662 introspection).
+async fn introspect_active(env: &StackEnv, token: &str) -> bool {
+    let code = "import json, sys; sys.path.insert(0, sys.argv[1]); import oauth_flow as o; \
+                print(json.dumps(o.introspect(o.load_env(), sys.argv[2], 'messenger-bridge')))";
+    let out = tokio::process::Command::new(env.python())
+        .args(["-c", code])
+        .arg(repo_root().join("tests/stack"))
+        .arg(token)
+        .env("STACK_DIR", env.get("STACK_DIR"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "introspection failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["active"] == true
+}
+
 /// Signs in at the provider over HTTP (tests/stack/oauth_flow.py) and returns the code it sends
 /// to the bridge's callback, without calling the callback.
 async fn walk_to_callback(env: &StackEnv, authorize_url: &str, account: &str) -> String {
@@ -116,8 +137,7 @@ async fn login_in_a_real_browser_links_the_account_and_lists_contacts() {
     user.send_text(&room, "status").await;
     bot_said(&user, &room, &env, |b| b.contains("connected as alice@")).await;
 
-    // The tokens are stored, and encrypted.
-    bridge.stop().await;
+    // The tokens are stored (encrypted; the store's own tests read the raw rows).
     let store = bridge.open_store().await;
     let linked = store
         .linked_user(user.user_id.as_str())
@@ -125,13 +145,31 @@ async fn login_in_a_real_browser_links_the_account_and_lists_contacts() {
         .unwrap()
         .expect("linked");
     assert!(linked.jid.starts_with("alice@"));
+    let tokens = store
+        .oauth_tokens(user.user_id.as_str())
+        .await
+        .unwrap()
+        .expect("tokens");
+    assert!(tokens.refresh_token.is_some());
+
+    // `logout` revokes the refresh token at the provider and forgets everything.
+    user.send_text(&room, "logout").await;
+    bot_said(&user, &room, &env, |b| {
+        b.starts_with("Logged out of alice@")
+    })
+    .await;
+    assert!(
+        !introspect_active(&env, tokens.refresh_token.as_deref().unwrap()).await,
+        "the refresh token was revoked"
+    );
     assert!(
         store
-            .oauth_tokens(user.user_id.as_str())
+            .linked_user(user.user_id.as_str())
             .await
             .unwrap()
-            .is_some_and(|t| t.refresh_token.is_some())
+            .is_none()
     );
+    bridge.stop().await;
 }
 
 #[tokio::test]
@@ -400,4 +438,120 @@ async fn conversation_keeps_flowing_with_30_second_tokens() {
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+#[tokio::test]
+async fn standard_server_login_uses_the_password_form() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.edit_config("profile: messenger", "profile: standard");
+    bridge.edit_config(
+        &format!("domain: {}", env.get("XMPP_MESSENGER_DOMAIN")),
+        &format!("domain: {}", env.get("XMPP_STANDARD_DOMAIN")),
+    );
+    bridge.start().await;
+    let user = MatrixUser::new(&env, "std").await;
+    let room = dm_with_bot(&env, &user).await;
+    let http = reqwest::Client::new();
+    let jid = format!("carol@{}", env.get("XMPP_STANDARD_DOMAIN"));
+
+    // A wrong password: a clear page and nothing stored; links work once, so the user sends
+    // `login` again.
+    user.send_text(&room, "login").await;
+    let link = link_in(&bot_said(&user, &room, &env, |b| b.contains("/login/")).await);
+    let form = http.get(&link).send().await.unwrap().text().await.unwrap();
+    assert!(
+        form.contains("type=\"password\"") && form.contains("name=\"jid\""),
+        "{form}"
+    );
+    let r = http
+        .post(&link)
+        .form(&[("jid", jid.as_str()), ("password", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("Login failed"));
+
+    user.send_text(&room, "login").await;
+    let link = link_in(
+        &bot_said(&user, &room, &env, |b| {
+            b.contains("/login/") && !b.contains(&link)
+        })
+        .await,
+    );
+    http.get(&link).send().await.unwrap();
+    let r = http
+        .post(&link)
+        .form(&[("jid", jid.as_str()), ("password", "carolpass")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("linked to carol@"));
+    bot_said(&user, &room, &env, |b| b.starts_with("✅ Linked as carol@")).await;
+    user.send_text(&room, "status").await;
+    bot_said(&user, &room, &env, |b| b.contains("connected as carol@")).await;
+
+    // `logout` forgets the password.
+    user.send_text(&room, "logout").await;
+    bot_said(&user, &room, &env, |b| {
+        b.starts_with("Logged out of carol@")
+    })
+    .await;
+    bridge.stop().await;
+    let store = bridge.open_store().await;
+    assert!(
+        store
+            .linked_user(user.user_id.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store.password(user.user_id.as_str()).await.is_err()
+            || store
+                .password(user.user_id.as_str())
+                .await
+                .unwrap()
+                .is_none()
+    );
+}
+
+#[tokio::test]
+async fn provider_down_or_answering_garbage_gets_a_clear_message_and_a_retry_works() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    // Device endpoint: first a closed port, then a page that is not JSON.
+    bridge.edit_config(
+        &format!("device_url: {}", env.get("OAUTH_DEVICE_URL")),
+        "device_url: http://127.0.0.1:1/device",
+    );
+    bridge.start().await;
+    let user = MatrixUser::new(&env, "unlucky").await;
+    let room = dm_with_bot(&env, &user).await;
+    user.send_text(&room, "login --device").await;
+    bot_said(&user, &room, &env, |b| {
+        b.contains("unreachable") && b.contains("try again later")
+    })
+    .await;
+    bridge.stop().await;
+    bridge.edit_config(
+        "device_url: http://127.0.0.1:1/device",
+        &format!("device_url: {}/health", env.get("SYNAPSE_URL")),
+    );
+    bridge.start().await;
+    user.send_text(&room, "login --device").await;
+    bot_said(&user, &room, &env, |b| {
+        b.contains("unexpected") || b.contains("refused")
+    })
+    .await;
+    // The bridge is still fine: a browser login works.
+    user.send_text(&room, "login").await;
+    let reply = bot_said(&user, &room, &env, |b| b.contains("/login/")).await;
+    let report = browser(&[&link_in(&reply), "alice", "alicepass"]).await;
+    assert_eq!(report["title"], "Linked", "{report}");
+    bridge.stop().await;
 }

@@ -28,6 +28,9 @@ c2s_require_encryption = true        -- STARTTLS required (RFC 6120 §5.3.1)
 allow_registration = false
 limits = { c2s = { rate = "100mb/s"; burst = "10s" } }
 c2s_timeout = 60
+-- As in the native stack: the Messenger host closes connections idle for 60 s (the real service
+-- cut idle links after 1–2 minutes); see mod_messenger_profile.
+network_settings = { read_timeout = 60 }
 
 modules_enabled = {
 	"roster"; "saslauth"; "tls"; "disco"; "ping"; "time"; "uptime"; "version";
