@@ -717,9 +717,6 @@ impl Bridge {
 
     /// Posts a notice in a room as the portal's ghost (or the bot elsewhere).
     pub(crate) async fn notice_in_room(&self, room_id: &str, text: &str) {
-        let Ok(room) = ruma::RoomId::parse(room_id) else {
-            return;
-        };
         let sender = match self.inner.store.portal_by_room(room_id).await {
             Ok(Some(p)) => Jid::parse(&p.contact_jid).map_or_else(
                 |_| self.inner.bot.clone(),
@@ -727,24 +724,26 @@ impl Bridge {
             ),
             _ => self.inner.bot.clone(),
         };
+        self.post_notice(&sender, room_id, text).await;
+    }
+
+    /// Posts an `m.notice` in a room as `sender`; failures are logged, never fatal.
+    async fn post_notice(&self, sender: &UserId, room_id: &str, text: &str) {
+        let Ok(room) = ruma::RoomId::parse(room_id) else {
+            return;
+        };
         let Ok(raw) = serde_json::value::to_raw_value(&mapping::notice(text)) else {
             return;
         };
         let txn = format!("notice-{}-{}", now_ms(), rand::random::<u32>());
+        let content = ruma::serde::Raw::from_json(raw);
         if let Err(e) = self
             .inner
             .matrix
-            .send_message(
-                &sender,
-                &room,
-                &txn,
-                ruma::serde::Raw::from_json(raw),
-                "m.room.message",
-                None,
-            )
+            .send_message(sender, &room, &txn, content, "m.room.message", None)
             .await
         {
-            tracing::warn!(room = room_id, error = %e, "could not post a notice");
+            tracing::warn!(room = room_id, %sender, error = %e, "could not post a notice");
         }
     }
 
@@ -759,28 +758,7 @@ impl Bridge {
 
     /// The bot says something in a room.
     pub(crate) async fn bot_say(&self, room_id: &str, text: &str) {
-        let Ok(room) = ruma::RoomId::parse(room_id) else {
-            return;
-        };
-        let Ok(raw) = serde_json::value::to_raw_value(&mapping::notice(text)) else {
-            return;
-        };
-        let txn = format!("bot-{}-{}", now_ms(), rand::random::<u32>());
-        if let Err(e) = self
-            .inner
-            .matrix
-            .send_message(
-                &self.inner.bot,
-                &room,
-                &txn,
-                ruma::serde::Raw::from_json(raw),
-                "m.room.message",
-                None,
-            )
-            .await
-        {
-            tracing::warn!(room = room_id, error = %e, "the bot could not post a message");
-        }
+        self.post_notice(&self.inner.bot, room_id, text).await;
     }
 
     /// Access tokens are refreshed ahead of expiry (rotating refresh tokens are saved at once),
