@@ -27,7 +27,7 @@ const SEEDS: [u64; 4] = [0x5EED_0001, 0xC0FF_EE00_1234, 0x0BAD_F00D, 42];
 const WELL_FORMED_CASES: u64 = 250;
 const MUTATION_CASES: u64 = 750;
 const RANDOM_BYTES_CASES: u64 = 250;
-/// A case (or a whole property) that takes longer than this is treated as a hang.
+/// A case that takes longer than this is treated as a hang.
 const WATCHDOG: Duration = Duration::from_secs(120);
 
 const STREAM_NS: &str = "http://etherx.jabber.org/streams";
@@ -92,8 +92,19 @@ fn case_seeds(property: u64, per_seed: u64) -> Vec<u64> {
         .collect()
 }
 
+/// What the worker of [`run_cases`] reports.
+enum Report {
+    /// A case passed.
+    Passed,
+    /// The case with this seed panicked.
+    Failed(u64),
+    /// All cases passed.
+    Done,
+}
+
 /// Runs `case` for every seed on a worker thread, failing with the seed on a panic and on a
-/// hang (the parser must never loop forever).
+/// hang (the parser must never loop forever): every case must finish within [`WATCHDOG`], so
+/// that long runs (`PARSER_FUZZ_ITERATIONS`) are not mistaken for one.
 fn run_cases(property: u64, per_seed: u64, case: fn(u64)) {
     let seeds = case_seeds(property, per_seed);
     let current = Arc::new(AtomicU64::new(0));
@@ -104,20 +115,26 @@ fn run_cases(property: u64, per_seed: u64, case: fn(u64)) {
             worker_current.store(seed, Ordering::SeqCst);
             let outcome = std::panic::catch_unwind(|| case(seed));
             if outcome.is_err() {
-                let _ = done_tx.send(Err(seed));
+                let _ = done_tx.send(Report::Failed(seed));
                 return;
             }
+            let _ = done_tx.send(Report::Passed);
         }
-        let _ = done_tx.send(Ok(()));
+        let _ = done_tx.send(Report::Done);
     });
-    match done_rx.recv_timeout(WATCHDOG) {
-        Ok(Ok(())) => worker.join().expect("worker finished"),
-        Ok(Err(seed)) => panic!("case failed; rerun with PARSER_FUZZ_SEED={seed:x}"),
-        Err(_) => panic!(
-            "no answer within {WATCHDOG:?}: the parser may be looping; last case \
-             PARSER_FUZZ_SEED={:x}",
-            current.load(Ordering::SeqCst)
-        ),
+    loop {
+        match done_rx.recv_timeout(WATCHDOG) {
+            Ok(Report::Passed) => {}
+            Ok(Report::Done) => return worker.join().expect("worker finished"),
+            Ok(Report::Failed(seed)) => {
+                panic!("case failed; rerun with PARSER_FUZZ_SEED={seed:x}")
+            }
+            Err(_) => panic!(
+                "no answer within {WATCHDOG:?}: the parser may be looping; last case \
+                 PARSER_FUZZ_SEED={:x}",
+                current.load(Ordering::SeqCst)
+            ),
+        }
     }
 }
 
@@ -222,9 +239,15 @@ impl Generator<'_> {
                     value.push(other);
                 }
                 3 => {
-                    // XML 1.0 §3.3.3: literal tab and newline become spaces.
-                    raw.push(*self.rng.pick(&['\t', '\n']));
-                    value.push(' ');
+                    // XML 1.0 §3.3.3: literal tab, newline, CR and CR LF become one space (a
+                    // lone CR is followed by a letter, so that the next piece cannot make it
+                    // CR LF).
+                    let (raw_ws, read) =
+                        *self
+                            .rng
+                            .pick(&[("\t", " "), ("\n", " "), ("\r\n", " "), ("\rz", " z")]);
+                    raw.push_str(raw_ws);
+                    value.push_str(read);
                 }
                 _ => {
                     let c = *self.rng.pick(ATTR_CHARS);
@@ -376,6 +399,16 @@ impl Generator<'_> {
                     let c = *self.rng.pick(REF_CHARS);
                     out.push_str(&char_ref(self.rng, c));
                     text.push(c);
+                }
+                3 if self.rng.chance(30) => {
+                    // XML 1.0 §2.11: CR LF and a lone CR are read as LF (a lone CR is followed
+                    // by a letter, so that the next piece cannot make it CR LF).
+                    let (raw, read) =
+                        *self
+                            .rng
+                            .pick(&[("\r\n", "\n"), ("\rz", "\nz"), ("\r\r\n", "\n\n")]);
+                    out.push_str(raw);
+                    text.push_str(read);
                 }
                 2 => {
                     let mut body = String::new();
@@ -778,6 +811,134 @@ fn random_bytes_give_events_or_a_sticky_error_however_split() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Differential: the current parser against the previous implementation
+// ---------------------------------------------------------------------------------------------
+
+const DIFFERENTIAL_CASES: u64 = 750;
+
+/// Feeds `bytes` whole to the previous implementation ([`reference`]).
+fn feed_reference(limits: StreamLimits, bytes: &[u8]) -> Outcome {
+    let mut parser = reference::StreamParser::new(limits);
+    parser.push(bytes);
+    let mut events = Vec::new();
+    loop {
+        match parser.next_event() {
+            Ok(Some(e)) => events.push(e),
+            Ok(None) => {
+                return Outcome {
+                    events,
+                    error: None,
+                };
+            }
+            Err(e) => {
+                return Outcome {
+                    events,
+                    error: Some(e),
+                };
+            }
+        }
+    }
+}
+
+/// Rules the current parser adds: an element name must be a name (not empty, no `/`, quotes,
+/// `<`, `>`, `=`, `&` or control characters) and an attribute needs a name. The previous parser
+/// accepted `<a/b></a/b>`, `<></>` and `<a ='x'/>`.
+fn added_rule(e: &XmlError) -> bool {
+    matches!(e, XmlError::Malformed(m)
+        if m.starts_with("invalid element name") || m == "attribute without a name")
+}
+
+/// The current parser accepts nothing the previous one refused, and what both accept is the
+/// same. It may refuse more, but only by [`added_rule`], and it may report a mismatched end
+/// tag of a stanza that has not completed yet, which the previous parser found only once the
+/// stanza completed (it compared names with ASCII white space, form feed included, trimmed).
+fn same_as_reference(limits: StreamLimits, bytes: &[u8]) {
+    let new = feed(limits, bytes, &[]);
+    let old = feed_reference(limits, bytes);
+    let context = || {
+        format!(
+            "{:?}\ncurrent:  {:?}\nprevious: {:?}",
+            String::from_utf8_lossy(bytes),
+            new.error,
+            old.error
+        )
+    };
+    let n = new.events.len();
+    assert!(
+        n <= old.events.len(),
+        "more events than before: {}",
+        context()
+    );
+    assert_eq!(new.events[..], old.events[..n], "{}", context());
+    if old.error.is_some() {
+        assert!(
+            new.error.is_some(),
+            "accepted what was refused: {}",
+            context()
+        );
+    }
+    let Some(error) = &new.error else {
+        assert_eq!(n, old.events.len(), "{}", context());
+        return;
+    };
+    // A mismatched end tag found at the tag, where the previous parser found it (or another
+    // error of the same stanza) when the stanza completed.
+    let earlier = matches!(error, XmlError::Malformed(m) if m.starts_with("end tag"));
+    if n < old.events.len() {
+        // A stanza the previous parser accepted.
+        assert!(added_rule(error), "refused: {}", context());
+    } else if old.error.is_none() {
+        // The stanza in progress at the end.
+        assert!(added_rule(error) || earlier, "refused early: {}", context());
+    } else if !added_rule(error) && !earlier {
+        assert_eq!(
+            error.condition(),
+            old.error.as_ref().map_or("", XmlError::condition),
+            "{}",
+            context()
+        );
+    }
+}
+
+fn differential_case(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let max_depth = 2 + rng.below(6);
+    let limits = StreamLimits {
+        max_stanza_bytes: if rng.chance(10) {
+            64 + rng.below(512)
+        } else {
+            256 * 1024
+        },
+        max_depth,
+    };
+    let bytes = match rng.below(3) {
+        0 => well_formed_stream(&mut rng, max_depth).0,
+        1 => {
+            let (mut bytes, _) = well_formed_stream(&mut rng, max_depth);
+            mutate(&mut rng, &mut bytes);
+            bytes
+        }
+        _ => {
+            let mut bytes = header(&mut rng).0.into_bytes();
+            for _ in 0..rng.below(400) {
+                if rng.chance(40) {
+                    bytes.extend_from_slice(TOKENS[rng.below(TOKENS.len())]);
+                } else {
+                    bytes.push(*rng.pick(b"<>/='\"ab:x &;#\n\r\x0c\xc3"));
+                }
+            }
+            bytes
+        }
+    };
+    same_as_reference(limits, &bytes);
+}
+
+#[test]
+fn the_parser_agrees_with_the_previous_implementation() {
+    run_cases(4, DIFFERENTIAL_CASES, differential_case);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Memory bound, observed from outside: an endless stanza is refused in time
 // ---------------------------------------------------------------------------------------------
 
@@ -997,5 +1158,538 @@ fn processing_instruction_without_a_target_is_an_error_not_a_panic() {
         let outcome = std::panic::catch_unwind(|| feed(limits(8), input.as_bytes(), &[]));
         let outcome = outcome.unwrap_or_else(|_| panic!("the parser panicked on {input:?}"));
         assert!(outcome.error.is_some(), "{input:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The previous implementation, as a reference
+// ---------------------------------------------------------------------------------------------
+
+/// The stream parser as it was before the single-pass rewrite (framer, then quick-xml's reader
+/// over each complete stanza), kept here unchanged except that it builds elements through the
+/// public [`Element`] API. The differential property below checks the current parser against
+/// it: it must never accept what this one refused, and what both accept must be identical.
+mod reference {
+    use quick_xml::events::{BytesStart, Event};
+    use quick_xml::{Reader, XmlVersion};
+    use xmpp_core::ns;
+    use xmpp_core::xml::{Element, StreamEvent, StreamHeader, StreamLimits, XmlError};
+
+    /// Incremental parser for one direction of one XMPP stream. See the module docs.
+    #[derive(Debug)]
+    pub(super) struct StreamParser {
+        limits: StreamLimits,
+        buf: Vec<u8>,
+        /// Scan position in `buf`: everything before it is consumed or part of the current stanza.
+        pos: usize,
+        /// 0 before the header, 1 inside the stream, 2+ inside a stanza.
+        depth: usize,
+        /// Offset in `buf` where the current stanza began.
+        stanza_start: Option<usize>,
+        /// Names of the elements open inside the current stanza, as (offset, length) in `buf`, so
+        /// a mismatched end tag is caught at once instead of when the stanza never completes.
+        open: Vec<(usize, usize)>,
+        header: Option<StreamHeader>,
+        closed: bool,
+        failed: Option<XmlError>,
+    }
+
+    impl StreamParser {
+        /// A parser expecting a stream header.
+        pub(super) fn new(limits: StreamLimits) -> Self {
+            Self {
+                limits,
+                buf: Vec::with_capacity(4096),
+                pos: 0,
+                depth: 0,
+                stanza_start: None,
+                open: Vec::new(),
+                header: None,
+                closed: false,
+                failed: None,
+            }
+        }
+
+        /// Feeds bytes read from the connection.
+        pub(super) fn push(&mut self, bytes: &[u8]) {
+            // Drop what is fully consumed before growing the buffer.
+            let keep_from = self.stanza_start.unwrap_or(self.pos);
+            if keep_from > 0 && keep_from >= self.buf.len() / 2 {
+                self.buf.drain(..keep_from);
+                self.pos -= keep_from;
+                if let Some(s) = &mut self.stanza_start {
+                    *s -= keep_from;
+                }
+                for (start, _) in &mut self.open {
+                    *start -= keep_from;
+                }
+            }
+            self.buf.extend_from_slice(bytes);
+        }
+
+        /// The next complete event, `Ok(None)` when more bytes are needed. After an error every
+        /// further call returns the same error: the stream is dead.
+        pub(super) fn next_event(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+            if let Some(e) = &self.failed {
+                return Err(e.clone());
+            }
+            let result = self.scan();
+            if let Err(e) = &result {
+                self.failed = Some(e.clone());
+            }
+            result
+        }
+
+        fn scan(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+            loop {
+                if self.closed {
+                    return Ok(None);
+                }
+                let Some(rel) = memchr::memchr(b'<', &self.buf[self.pos..]) else {
+                    self.check_text(self.buf.len())?;
+                    self.pos = self.buf.len();
+                    self.check_size(self.buf.len())?;
+                    return Ok(None);
+                };
+                let lt = self.pos + rel;
+                self.check_text(lt)?;
+                self.pos = lt;
+                let rest = &self.buf[lt + 1..];
+                let Some(&first) = rest.first() else {
+                    return Ok(None);
+                };
+                match first {
+                    b'!' => {
+                        const CDATA: &[u8] = b"[CDATA[";
+                        let after = &rest[1..];
+                        let n = after.len().min(CDATA.len());
+                        if after[..n] != CDATA[..n] {
+                            // `<!--`, `<!DOCTYPE`, `<!ENTITY`: never allowed (RFC 6120 §11.1).
+                            // Only a comment starts with `<!-`; decide on the first byte so the
+                            // answer does not depend on where a read ended.
+                            return Err(XmlError::Restricted(if after.starts_with(b"-") {
+                                "a comment"
+                            } else {
+                                "a DTD"
+                            }));
+                        }
+                        if n < CDATA.len() {
+                            return self.need_more(lt);
+                        }
+                        if self.depth < 2 {
+                            return Err(XmlError::Malformed(
+                                "character data outside a stanza".into(),
+                            ));
+                        }
+                        let body = lt + 2 + CDATA.len();
+                        match memchr::memmem::find(&self.buf[body..], b"]]>") {
+                            Some(end) => self.pos = body + end + 3,
+                            None => return self.need_more(lt),
+                        }
+                    }
+                    b'?' => {
+                        // Only the XML declaration may appear, and only before the stream header
+                        // (RFC 6120 §11.1): decide as soon as the bytes allow, without waiting for `?>`.
+                        let target = &rest[1..];
+                        let n = target.len().min(3);
+                        let decl_so_far = self.depth == 0 && target[..n] == b"xml"[..n];
+                        if !decl_so_far
+                            || target
+                                .get(3)
+                                .is_some_and(|b| !b.is_ascii_whitespace() && *b != b'?')
+                        {
+                            return Err(XmlError::Restricted("a processing instruction"));
+                        }
+                        match memchr::memmem::find(target, b"?>") {
+                            Some(end) if end >= 3 => self.pos = lt + 2 + end + 2,
+                            Some(_) => {
+                                return Err(XmlError::Restricted("a processing instruction"));
+                            }
+                            None => return self.need_more(lt),
+                        }
+                    }
+                    b'/' => {
+                        let Some(gt) = find_tag_end(&self.buf, lt + 2) else {
+                            return self.need_more(lt);
+                        };
+                        self.pos = gt + 1;
+                        if self.depth >= 2 {
+                            let (start, len) = self.open.pop().unwrap_or((0, 0));
+                            let name = trim_ascii_end(&self.buf[lt + 2..gt]);
+                            if name != &self.buf[start..start + len] {
+                                return Err(XmlError::Malformed(format!(
+                                    "end tag </{}> does not match <{}>",
+                                    String::from_utf8_lossy(name),
+                                    String::from_utf8_lossy(&self.buf[start..start + len])
+                                )));
+                            }
+                        }
+                        match self.depth {
+                            0 => {
+                                return Err(XmlError::Malformed("end tag before the stream".into()));
+                            }
+                            1 => {
+                                self.depth = 0;
+                                self.closed = true;
+                                self.validate_stream_end(lt + 2, gt)?;
+                                return Ok(Some(StreamEvent::Close));
+                            }
+                            2 => {
+                                self.depth = 1;
+                                return self.finish_stanza(gt + 1).map(Some);
+                            }
+                            _ => self.depth -= 1,
+                        }
+                    }
+                    _ => {
+                        let Some(gt) = find_tag_end(&self.buf, lt + 1) else {
+                            return self.need_more(lt);
+                        };
+                        let empty = self.buf[gt - 1] == b'/';
+                        self.pos = gt + 1;
+                        match self.depth {
+                            0 => {
+                                if empty {
+                                    return Err(XmlError::NotAStream("empty stream header".into()));
+                                }
+                                let header = self.parse_header(lt, gt + 1)?;
+                                self.depth = 1;
+                                self.header = Some(header.clone());
+                                return Ok(Some(StreamEvent::Open(header)));
+                            }
+                            1 => {
+                                self.stanza_start = Some(lt);
+                                if empty {
+                                    return self.finish_stanza(gt + 1).map(Some);
+                                }
+                                self.open.push(tag_name(&self.buf, lt + 1, gt));
+                                self.depth = 2;
+                            }
+                            d => {
+                                if !empty {
+                                    if d > self.limits.max_depth {
+                                        return Err(XmlError::TooDeep {
+                                            limit: self.limits.max_depth,
+                                        });
+                                    }
+                                    self.open.push(tag_name(&self.buf, lt + 1, gt));
+                                    self.depth += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                self.check_size(self.pos)?;
+            }
+        }
+
+        /// Waits for more bytes for a construct starting at `from`, within the size limit.
+        fn need_more(&self, from: usize) -> Result<Option<StreamEvent>, XmlError> {
+            let start = self.stanza_start.unwrap_or(from);
+            if self.buf.len() - start > self.limits.max_stanza_bytes {
+                return Err(XmlError::StanzaTooLarge {
+                    limit: self.limits.max_stanza_bytes,
+                });
+            }
+            Ok(None)
+        }
+
+        fn check_size(&self, upto: usize) -> Result<(), XmlError> {
+            if let Some(start) = self.stanza_start
+                && upto - start > self.limits.max_stanza_bytes
+            {
+                return Err(XmlError::StanzaTooLarge {
+                    limit: self.limits.max_stanza_bytes,
+                });
+            }
+            Ok(())
+        }
+
+        /// Between stanzas only whitespace (keepalives) may appear.
+        fn check_text(&self, upto: usize) -> Result<(), XmlError> {
+            if self.depth <= 1 && !self.buf[self.pos..upto].iter().all(u8::is_ascii_whitespace) {
+                return Err(XmlError::Malformed("text outside a stanza".into()));
+            }
+            Ok(())
+        }
+
+        fn finish_stanza(&mut self, end: usize) -> Result<StreamEvent, XmlError> {
+            let Some(start) = self.stanza_start.take() else {
+                return Err(XmlError::Malformed("stanza end without a start".into()));
+            };
+            // A stanza that arrived whole in one read was never checked while it grew.
+            if end - start > self.limits.max_stanza_bytes {
+                return Err(XmlError::StanzaTooLarge {
+                    limit: self.limits.max_stanza_bytes,
+                });
+            }
+            let text =
+                std::str::from_utf8(&self.buf[start..end]).map_err(|_| XmlError::InvalidUtf8)?;
+            let default_ns = self
+                .header
+                .as_ref()
+                .map_or(ns::CLIENT, |h| h.default_ns.as_str());
+            let element = parse_element(text, default_ns)?;
+            Ok(StreamEvent::Stanza(element))
+        }
+
+        fn parse_header(&self, start: usize, end: usize) -> Result<StreamHeader, XmlError> {
+            if end - start > self.limits.max_stanza_bytes {
+                return Err(XmlError::StanzaTooLarge {
+                    limit: self.limits.max_stanza_bytes,
+                });
+            }
+            let text =
+                std::str::from_utf8(&self.buf[start..end]).map_err(|_| XmlError::InvalidUtf8)?;
+            let mut reader = Reader::from_str(text);
+            let tag = match reader.read_event() {
+                Ok(Event::Start(tag)) => tag,
+                Ok(other) => return Err(XmlError::NotAStream(format!("unexpected {other:?}"))),
+                Err(e) => return Err(XmlError::Malformed(e.to_string())),
+            };
+            let mut header = StreamHeader {
+                default_ns: String::new(),
+                ..Default::default()
+            };
+            let mut prefixes: Vec<(String, String)> = Vec::new();
+            for attr in tag.attributes() {
+                let attr = attr.map_err(|e| XmlError::Malformed(e.to_string()))?;
+                let value = attr
+                    .normalized_value(XmlVersion::Implicit1_0)
+                    .map_err(|e| XmlError::Malformed(e.to_string()))?
+                    .into_owned();
+                match attr.key.0 {
+                    "xmlns" => header.default_ns = value,
+                    "from" => header.from = Some(value),
+                    "to" => header.to = Some(value),
+                    "id" => header.id = Some(value),
+                    "version" => header.version = Some(value),
+                    "xml:lang" => header.lang = Some(value),
+                    k => {
+                        if let Some(p) = k.strip_prefix("xmlns:") {
+                            prefixes.push((p.to_owned(), value));
+                        }
+                    }
+                }
+            }
+            let qname = tag.name();
+            let (prefix, local) = split_qname(qname.0);
+            let resolved = match prefix {
+                None => Some(header.default_ns.as_str()),
+                Some(p) => prefixes
+                    .iter()
+                    .find(|(k, _)| k == p)
+                    .map(|(_, v)| v.as_str()),
+            };
+            if local != "stream" || resolved != Some(ns::STREAM) {
+                return Err(XmlError::NotAStream(format!(
+                    "document element is <{}>",
+                    qname.0
+                )));
+            }
+            if header.default_ns.is_empty() {
+                header.default_ns = ns::CLIENT.to_owned();
+            }
+            Ok(header)
+        }
+
+        fn validate_stream_end(&self, name_start: usize, gt: usize) -> Result<(), XmlError> {
+            let name = std::str::from_utf8(&self.buf[name_start..gt])
+                .map_err(|_| XmlError::InvalidUtf8)?;
+            if split_qname(name.trim()).1 != "stream" {
+                return Err(XmlError::Malformed(format!(
+                    "unexpected end tag </{}>",
+                    name.trim()
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    /// Finds the `>` closing the tag whose name starts at `from`, skipping quoted attribute values.
+    fn find_tag_end(buf: &[u8], from: usize) -> Option<usize> {
+        let mut i = from;
+        loop {
+            let rel = memchr::memchr3(b'>', b'"', b'\'', &buf[i..])?;
+            let at = i + rel;
+            match buf[at] {
+                b'>' => return Some(at),
+                quote => {
+                    let close = memchr::memchr(quote, &buf[at + 1..])?;
+                    i = at + 1 + close + 1;
+                }
+            }
+        }
+    }
+
+    /// The (offset, length) of the name of the start tag whose name begins at `from`.
+    fn tag_name(buf: &[u8], from: usize, gt: usize) -> (usize, usize) {
+        let len = buf[from..gt]
+            .iter()
+            .position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>')
+            .unwrap_or(gt - from);
+        (from, len)
+    }
+
+    fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
+        let end = bytes
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        &bytes[..end]
+    }
+
+    fn split_qname(q: &str) -> (Option<&str>, &str) {
+        match q.split_once(':') {
+            Some((p, l)) => (Some(p), l),
+            None => (None, q),
+        }
+    }
+
+    /// One namespace declaration in scope while parsing a stanza.
+    struct Binding {
+        prefix: String,
+        uri: String,
+        /// Nesting level of the element that declared it.
+        level: usize,
+    }
+
+    /// Parses one complete, framed stanza. `default_ns` is the stream's default namespace; the
+    /// `stream` and `xml` prefixes are always bound (stanzas such as `<stream:error>` use them).
+    fn parse_element(text: &str, default_ns: &str) -> Result<Element, XmlError> {
+        let mut reader = Reader::from_str(text);
+        // Declarations made inside the stanza; the stream's own bindings are the fallback.
+        let mut scope: Vec<Binding> = Vec::new();
+        let mut stack: Vec<Element> = Vec::new();
+        loop {
+            let event = reader
+                .read_event()
+                .map_err(|e| XmlError::Malformed(e.to_string()))?;
+            match event {
+                Event::Start(tag) => {
+                    let el = start_element(&tag, &mut scope, stack.len() + 1, default_ns)?;
+                    stack.push(el);
+                }
+                Event::Empty(tag) => {
+                    let level = stack.len() + 1;
+                    let el = start_element(&tag, &mut scope, level, default_ns)?;
+                    scope.retain(|b| b.level < level);
+                    match stack.last_mut() {
+                        Some(parent) => parent.push_child(el),
+                        None => return Ok(el),
+                    }
+                }
+                Event::End(_) => {
+                    let level = stack.len();
+                    scope.retain(|b| b.level < level);
+                    let Some(el) = stack.pop() else {
+                        return Err(XmlError::Malformed("unbalanced end tag".into()));
+                    };
+                    match stack.last_mut() {
+                        Some(parent) => parent.push_child(el),
+                        None => return Ok(el),
+                    }
+                }
+                Event::Text(t) => {
+                    if let Some(el) = stack.last_mut() {
+                        el.push_text(t.xml10_content());
+                    }
+                }
+                Event::CData(t) => {
+                    if let Some(el) = stack.last_mut() {
+                        el.push_text(t.into_inner());
+                    }
+                }
+                Event::GeneralRef(r) => {
+                    let resolved = if r.is_char_ref() {
+                        match r.resolve_char_ref() {
+                            Ok(Some(c)) => c.to_string(),
+                            _ => {
+                                return Err(XmlError::Malformed(format!(
+                                    "bad character reference &{};",
+                                    &*r
+                                )));
+                            }
+                        }
+                    } else {
+                        match quick_xml::escape::resolve_predefined_entity(&r) {
+                            Some(s) => s.to_owned(),
+                            None => {
+                                return Err(XmlError::Restricted("an undeclared entity reference"));
+                            }
+                        }
+                    };
+                    if let Some(el) = stack.last_mut() {
+                        el.push_text(resolved);
+                    }
+                }
+                Event::Comment(_) => return Err(XmlError::Restricted("a comment")),
+                Event::PI(_) | Event::Decl(_) => {
+                    return Err(XmlError::Restricted("a processing instruction"));
+                }
+                Event::DocType(_) => return Err(XmlError::Restricted("a DTD")),
+                Event::Eof => return Err(XmlError::Malformed("stanza ended early".into())),
+            }
+        }
+    }
+
+    fn start_element(
+        tag: &BytesStart<'_>,
+        scope: &mut Vec<Binding>,
+        level: usize,
+        default_ns: &str,
+    ) -> Result<Element, XmlError> {
+        let qname = tag.name();
+        let (prefix, local) = split_qname(qname.0);
+        // (The original built the element first and set its namespace last; the public API
+        // takes the namespace up front, so attributes are collected first.)
+        let mut attrs: Vec<(String, String)> = Vec::new();
+        for attr in tag.attributes() {
+            let attr = attr.map_err(|e| XmlError::Malformed(e.to_string()))?;
+            let value = attr
+                .normalized_value(XmlVersion::Implicit1_0)
+                .map_err(|e| match e {
+                    quick_xml::Error::Escape(_) => {
+                        XmlError::Restricted("an undeclared entity reference")
+                    }
+                    other => XmlError::Malformed(other.to_string()),
+                })?
+                .into_owned();
+            let key = attr.key.0;
+            if key == "xmlns" {
+                scope.push(Binding {
+                    prefix: String::new(),
+                    uri: value,
+                    level,
+                });
+            } else if let Some(p) = key.strip_prefix("xmlns:") {
+                scope.push(Binding {
+                    prefix: p.to_owned(),
+                    uri: value,
+                    level,
+                });
+            } else {
+                attrs.push((key.to_owned(), value));
+            }
+        }
+        let prefix = prefix.unwrap_or("");
+        let uri = match scope.iter().rev().find(|b| b.prefix == prefix) {
+            Some(b) => b.uri.as_str(),
+            None => match prefix {
+                "" => default_ns,
+                "stream" => ns::STREAM,
+                "xml" => ns::XML,
+                other => {
+                    return Err(XmlError::Malformed(format!(
+                        "undeclared namespace prefix '{other}'"
+                    )));
+                }
+            },
+        };
+        let mut el = Element::new(local.to_owned(), uri.to_owned());
+        for (k, v) in attrs {
+            el.set_attr(k, v);
+        }
+        Ok(el)
     }
 }

@@ -1,20 +1,29 @@
 //! The incoming XML stream, sans I/O: bytes in, stream header / stanzas / close out.
 //!
 //! XMPP is one long XML document whose root (`<stream:stream>`) never closes until the session
-//! ends; every depth-1 child is a stanza or nonza (RFC 6120 §4.1). [`StreamParser`] frames the
-//! bytes into complete depth-1 children with a small quote-aware scanner, enforcing the limits a
-//! server-facing parser needs (stanza size, nesting depth), and then parses each complete stanza
-//! into an [`Element`] with quick-xml. RFC 6120 §11.1 restricted XML is enforced: comments,
-//! processing instructions, DTDs and entity references other than the five predefined ones and
-//! character references are rejected. Invalid UTF-8 is an error.
+//! ends; every depth-1 child is a stanza or nonza (RFC 6120 §4.1). [`StreamParser`] scans the
+//! bytes once with a small quote-aware scanner that finds every tag, enforces the limits a
+//! server-facing parser needs (stanza size, nesting depth, matching end tags) and notes where
+//! each tag and run of text lies; when the stanza's end tag arrives, the stanza is checked for
+//! UTF-8 once and its [`Element`] is built from those positions, so its bytes are not tokenized
+//! a second time. RFC 6120 §11.1 restricted XML is enforced: comments, processing
+//! instructions, DTDs and entity references other than the five predefined ones and character
+//! references are rejected. Invalid UTF-8 is an error. Attribute values are normalised and
+//! character references resolved by quick-xml's own functions; the stream header is parsed by
+//! quick-xml.
 //!
 //! Being sans I/O, this module never blocks and never loses state between reads: the session's
 //! reader task feeds it whatever the socket gave and drains events until it needs more bytes.
 
-use quick_xml::events::{BytesStart, Event};
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use quick_xml::events::attributes::Attribute;
+use quick_xml::events::{BytesRef, Event};
+use quick_xml::name::QName;
 use quick_xml::{Reader, XmlVersion};
 
-use super::element::Element;
+use super::element::{Element, Name, intern, intern_cow, intern_prefixed, prefix};
 use crate::ns;
 
 /// Limits on what one peer may send.
@@ -117,9 +126,16 @@ pub struct StreamParser {
     depth: usize,
     /// Offset in `buf` where the current stanza began.
     stanza_start: Option<usize>,
-    /// Names of the elements open inside the current stanza, as (offset, length) in `buf`, so
-    /// a mismatched end tag is caught at once instead of when the stanza never completes.
-    open: Vec<(usize, usize)>,
+    /// The elements open inside the current stanza: where their name is in `buf` (offset,
+    /// length), so that a mismatched end tag is caught at once instead of when the stanza never
+    /// completes, and the index of their start tag in `tokens`.
+    open: Vec<(usize, usize, usize)>,
+    /// Where character data inside a stanza began when a read ended before the next `<`.
+    text_start: Option<usize>,
+    /// The tags and text of the current stanza, in order, as offsets from its start.
+    tokens: Vec<Token>,
+    /// Builds the element of a complete stanza from `tokens`.
+    tree: TreeBuilder,
     header: Option<StreamHeader>,
     closed: bool,
     failed: Option<XmlError>,
@@ -135,6 +151,9 @@ impl StreamParser {
             depth: 0,
             stanza_start: None,
             open: Vec::new(),
+            text_start: None,
+            tokens: Vec::new(),
+            tree: TreeBuilder::new(Cow::Borrowed(ns::CLIENT)),
             header: None,
             closed: false,
             failed: None,
@@ -150,6 +169,9 @@ impl StreamParser {
         self.depth = 0;
         self.stanza_start = None;
         self.open.clear();
+        self.text_start = None;
+        self.tokens.clear();
+        self.tree.clear();
         self.header = None;
         self.closed = false;
     }
@@ -177,7 +199,10 @@ impl StreamParser {
             if let Some(s) = &mut self.stanza_start {
                 *s -= keep_from;
             }
-            for (start, _) in &mut self.open {
+            if let Some(t) = &mut self.text_start {
+                *t -= keep_from;
+            }
+            for (start, _, _) in &mut self.open {
                 *start -= keep_from;
             }
         }
@@ -202,14 +227,32 @@ impl StreamParser {
             if self.closed {
                 return Ok(None);
             }
-            let Some(rel) = memchr::memchr(b'<', &self.buf[self.pos..]) else {
-                self.check_text(self.buf.len())?;
+            let rest = &self.buf[self.pos..];
+            // Tags often follow each other directly: no search needed then.
+            let next = match rest.first() {
+                Some(b'<') => Some(0),
+                _ => memchr::memchr(b'<', rest),
+            };
+            let Some(rel) = next else {
+                if self.depth >= 2 {
+                    // Character data that may continue in the next read.
+                    self.text_start.get_or_insert(self.pos);
+                } else {
+                    self.check_text(self.buf.len())?;
+                }
                 self.pos = self.buf.len();
                 self.check_size(self.buf.len())?;
                 return Ok(None);
             };
             let lt = self.pos + rel;
-            self.check_text(lt)?;
+            if self.depth >= 2 {
+                let from = self.text_start.take().unwrap_or(self.pos);
+                if from < lt {
+                    self.token(Token::Text, from, lt);
+                }
+            } else {
+                self.check_text(lt)?;
+            }
             self.pos = lt;
             let rest = &self.buf[lt + 1..];
             let Some(&first) = rest.first() else {
@@ -239,10 +282,11 @@ impl StreamParser {
                         ));
                     }
                     let body = lt + 2 + CDATA.len();
-                    match memchr::memmem::find(&self.buf[body..], b"]]>") {
-                        Some(end) => self.pos = body + end + 3,
-                        None => return self.need_more(lt),
-                    }
+                    let Some(end) = memchr::memmem::find(&self.buf[body..], b"]]>") else {
+                        return self.need_more(lt);
+                    };
+                    self.pos = body + end + 3;
+                    self.token(Token::CData, body, body + end);
                 }
                 b'?' => {
                     // Only the XML declaration may appear, and only before the stream header
@@ -264,21 +308,10 @@ impl StreamParser {
                     }
                 }
                 b'/' => {
-                    let Some(gt) = find_tag_end(&self.buf, lt + 2) else {
+                    let Some((gt, _)) = find_tag_end(&self.buf, lt + 2) else {
                         return self.need_more(lt);
                     };
                     self.pos = gt + 1;
-                    if self.depth >= 2 {
-                        let (start, len) = self.open.pop().unwrap_or((0, 0));
-                        let name = trim_ascii_end(&self.buf[lt + 2..gt]);
-                        if name != &self.buf[start..start + len] {
-                            return Err(XmlError::Malformed(format!(
-                                "end tag </{}> does not match <{}>",
-                                String::from_utf8_lossy(name),
-                                String::from_utf8_lossy(&self.buf[start..start + len])
-                            )));
-                        }
-                    }
                     match self.depth {
                         0 => return Err(XmlError::Malformed("end tag before the stream".into())),
                         1 => {
@@ -287,48 +320,74 @@ impl StreamParser {
                             self.validate_stream_end(lt + 2, gt)?;
                             return Ok(Some(StreamEvent::Close));
                         }
-                        2 => {
-                            self.depth = 1;
-                            return self.finish_stanza(gt + 1).map(Some);
+                        _ => {
+                            // XML 1.0 §3.1: the end tag repeats the start tag's name; only
+                            // white space may follow it.
+                            let (start, len, _) = self.open.pop().unwrap_or((0, 0, 0));
+                            let name = trim_xml_space_end(&self.buf[lt + 2..gt]);
+                            if !same_bytes(name, &self.buf[start..start + len]) {
+                                return Err(XmlError::Malformed(format!(
+                                    "end tag </{}> does not match <{}>",
+                                    String::from_utf8_lossy(name),
+                                    String::from_utf8_lossy(&self.buf[start..start + len])
+                                )));
+                            }
+                            self.depth -= 1;
+                            self.tokens.push(Token::End);
+                            if self.depth == 1 {
+                                return self.finish_stanza(gt + 1).map(Some);
+                            }
                         }
-                        _ => self.depth -= 1,
                     }
                 }
                 _ => {
-                    let Some(gt) = find_tag_end(&self.buf, lt + 1) else {
+                    let Some((gt, quoted)) = find_tag_end(&self.buf, lt + 1) else {
                         return self.need_more(lt);
                     };
                     let empty = self.buf[gt - 1] == b'/';
                     self.pos = gt + 1;
-                    match self.depth {
-                        0 => {
-                            if empty {
-                                return Err(XmlError::NotAStream("empty stream header".into()));
-                            }
-                            let header = self.parse_header(lt, gt + 1)?;
-                            self.depth = 1;
-                            self.header = Some(header.clone());
-                            return Ok(Some(StreamEvent::Open(header)));
+                    if self.depth == 0 {
+                        if empty {
+                            return Err(XmlError::NotAStream("empty stream header".into()));
                         }
-                        1 => {
-                            self.stanza_start = Some(lt);
-                            if empty {
-                                return self.finish_stanza(gt + 1).map(Some);
-                            }
-                            self.open.push(tag_name(&self.buf, lt + 1, gt));
-                            self.depth = 2;
+                        let header = self.parse_header(lt, gt + 1)?;
+                        self.depth = 1;
+                        self.tree.default_ns = intern(&header.default_ns);
+                        self.header = Some(header.clone());
+                        return Ok(Some(StreamEvent::Open(header)));
+                    }
+                    if self.depth == 1 {
+                        self.stanza_start = Some(lt);
+                    } else if !empty && self.depth > self.limits.max_depth {
+                        return Err(XmlError::TooDeep {
+                            limit: self.limits.max_depth,
+                        });
+                    }
+                    let end = if empty { gt - 1 } else { gt };
+                    let name_len = name_len(&self.buf[lt + 1..end])?;
+                    let base = self.stanza_start.unwrap_or(lt);
+                    // The builder sizes the parent's children and this element's attributes
+                    // from these counts.
+                    if let Some(&(_, _, parent)) = self.open.last()
+                        && let Some(Token::Start { children, .. }) = self.tokens.get_mut(parent)
+                    {
+                        *children += 1;
+                    }
+                    self.tokens.push(Token::Start {
+                        from: lt + 1 - base,
+                        to: end - base,
+                        name_len,
+                        empty,
+                        children: 0,
+                        quoted,
+                    });
+                    if empty {
+                        if self.depth == 1 {
+                            return self.finish_stanza(gt + 1).map(Some);
                         }
-                        d => {
-                            if !empty {
-                                if d > self.limits.max_depth {
-                                    return Err(XmlError::TooDeep {
-                                        limit: self.limits.max_depth,
-                                    });
-                                }
-                                self.open.push(tag_name(&self.buf, lt + 1, gt));
-                                self.depth += 1;
-                            }
-                        }
+                    } else {
+                        self.open.push((lt + 1, name_len, self.tokens.len() - 1));
+                        self.depth += 1;
                     }
                 }
             }
@@ -366,6 +425,13 @@ impl StreamParser {
         Ok(())
     }
 
+    /// Notes a tag or run of text of the current stanza (`from..to` in `buf`).
+    fn token(&mut self, kind: fn(usize, usize) -> Token, from: usize, to: usize) {
+        let start = self.stanza_start.unwrap_or(from);
+        self.tokens.push(kind(from - start, to - start));
+    }
+
+    /// The stanza's end tag ends at `end`: checks its size and UTF-8, then builds its element.
     fn finish_stanza(&mut self, end: usize) -> Result<StreamEvent, XmlError> {
         let Some(start) = self.stanza_start.take() else {
             return Err(XmlError::Malformed("stanza end without a start".into()));
@@ -376,12 +442,12 @@ impl StreamParser {
                 limit: self.limits.max_stanza_bytes,
             });
         }
-        let text = std::str::from_utf8(&self.buf[start..end]).map_err(|_| XmlError::InvalidUtf8)?;
-        let default_ns = self
-            .header
-            .as_ref()
-            .map_or(ns::CLIENT, |h| h.default_ns.as_str());
-        let element = parse_element(text, default_ns)?;
+        let text = utf8(&self.buf[start..end])?;
+        let element = self.tree.build(text, &self.tokens)?;
+        self.tokens.clear();
+        if self.tokens.capacity() > TreeBuilder::KEEP {
+            self.tokens.shrink_to(TreeBuilder::KEEP);
+        }
         Ok(StreamEvent::Stanza(element))
     }
 
@@ -457,184 +523,517 @@ impl StreamParser {
     }
 }
 
-/// Finds the `>` closing the tag whose name starts at `from`, skipping quoted attribute values.
-fn find_tag_end(buf: &[u8], from: usize) -> Option<usize> {
+/// Finds the `>` closing the tag whose name starts at `from`, skipping quoted attribute values;
+/// also returns how many quoted values it skipped.
+fn find_tag_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
+    let mut quoted = 0;
     loop {
-        let rel = memchr::memchr3(b'>', b'"', b'\'', &buf[i..])?;
-        let at = i + rel;
+        // Names and white space between values are short: a plain loop beats a search call.
+        let at = i + buf
+            .get(i..)?
+            .iter()
+            .position(|b| matches!(b, b'>' | b'"' | b'\''))?;
         match buf[at] {
-            b'>' => return Some(at),
+            b'>' => return Some((at, quoted)),
             quote => {
                 let close = memchr::memchr(quote, &buf[at + 1..])?;
                 i = at + 1 + close + 1;
+                quoted += 1;
             }
         }
     }
 }
 
-/// The (offset, length) of the name of the start tag whose name begins at `from`.
-fn tag_name(buf: &[u8], from: usize, gt: usize) -> (usize, usize) {
-    let len = buf[from..gt]
-        .iter()
-        .position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>')
-        .unwrap_or(gt - from);
-    (from, len)
-}
-
-fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
+/// Trailing XML white space (XML 1.0 §2.3 `S`: space, tab, CR, LF) removed.
+fn trim_xml_space_end(bytes: &[u8]) -> &[u8] {
     let end = bytes
         .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
+        .rposition(|b| !is_xml_space(*b))
         .map_or(0, |i| i + 1);
     &bytes[..end]
 }
 
+/// Byte equality without a library call for the short names compared here (most are a few
+/// bytes, many empty).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.len() > 8 && a == b || a.len() <= 8 && prefix(a) == prefix(b))
+}
+
+/// XML 1.0 §2.3 `S`. Form feed and other ASCII white space are not XML white space.
+fn is_xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, XmlError> {
+    std::str::from_utf8(bytes).map_err(|_| XmlError::InvalidUtf8)
+}
+
 fn split_qname(q: &str) -> (Option<&str>, &str) {
-    match q.split_once(':') {
-        Some((p, l)) => (Some(p), l),
+    match q.bytes().position(|b| b == b':') {
+        Some(i) => (Some(&q[..i]), &q[i + 1..]),
         None => (None, q),
     }
 }
 
+/// Bytes that cannot appear in an XML name and would let the tag scanner and the end-tag
+/// comparison disagree: `/`, quotes, `<`, `>`, `=`, `&`, control characters.
+const NOT_IN_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[0x7f] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'/' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b'\'' as usize] = true;
+    t[b'&' as usize] = true;
+    t
+};
+
+/// The length of the element name that starts `tag` (the text after `<`): it runs to the
+/// first white space, as quick-xml reads it, and must be a name.
+fn name_len(tag: &[u8]) -> Result<usize, XmlError> {
+    let len = tag
+        .iter()
+        .position(|b| is_xml_space(*b))
+        .unwrap_or(tag.len());
+    let name = &tag[..len];
+    if name.is_empty() || name.iter().any(|b| NOT_IN_NAME[usize::from(*b)]) {
+        return Err(XmlError::Malformed(format!(
+            "invalid element name '{}'",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(len)
+}
+
+/// A tag or run of text of the stanza being framed, as offsets from the stanza's start.
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    /// Character data.
+    Text(usize, usize),
+    /// The content of a CDATA section.
+    CData(usize, usize),
+    /// A start tag between `<` and `>`, or `/>` when `empty`; its name is `name_len` bytes,
+    /// it has `children` child elements and `quoted` quoted values (attributes and namespace
+    /// declarations, in a well-formed tag).
+    Start {
+        from: usize,
+        to: usize,
+        name_len: usize,
+        empty: bool,
+        children: usize,
+        quoted: usize,
+    },
+    /// An end tag (already matched against its start tag).
+    End,
+}
+
+/// Start tags with more attributes than this check duplicates with a hash set, so that a tag
+/// with thousands of attributes costs O(n), not O(n²).
+const LINEAR_DUPLICATE_CHECK: usize = 16;
+
+/// Builds the element tree of a framed stanza. Its vectors live as long as the parser, so
+/// that a stanza allocates only what it hands out: per element one string (attribute values
+/// and text) and vectors of attribute names and of children sized from the framer's counts,
+/// plus names and namespaces that are not well known.
+#[derive(Debug)]
+struct TreeBuilder {
+    /// The stream's default namespace (`jabber:client`).
+    default_ns: Name,
+    /// Elements whose end tag has not come yet, outermost first, with their attributes and the
+    /// text and children so far.
+    open: Vec<Element>,
+    /// Namespace declarations in scope, innermost last.
+    scope: Vec<Binding>,
+    /// The attribute names of the start tag being parsed: first 8 bytes, range in the tag.
+    keys: Vec<(u64, usize, usize)>,
+}
+
 /// One namespace declaration in scope while parsing a stanza.
+#[derive(Debug)]
 struct Binding {
-    prefix: String,
-    uri: String,
+    /// Empty for the default namespace (`xmlns='…'`).
+    prefix: Name,
+    uri: Name,
     /// Nesting level of the element that declared it.
     level: usize,
 }
 
-/// Parses one complete, framed stanza. `default_ns` is the stream's default namespace; the
-/// `stream` and `xml` prefixes are always bound (stanzas such as `<stream:error>` use them).
-pub fn parse_element(text: &str, default_ns: &str) -> Result<Element, XmlError> {
-    let mut reader = Reader::from_str(text);
-    // Declarations made inside the stanza; the stream's own bindings are the fallback.
-    let mut scope: Vec<Binding> = Vec::new();
-    let mut stack: Vec<Element> = Vec::new();
-    loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| XmlError::Malformed(e.to_string()))?;
-        match event {
-            Event::Start(tag) => {
-                let el = start_element(&tag, &mut scope, stack.len() + 1, default_ns)?;
-                stack.push(el);
-            }
-            Event::Empty(tag) => {
-                let level = stack.len() + 1;
-                let el = start_element(&tag, &mut scope, level, default_ns)?;
-                scope.retain(|b| b.level < level);
-                match stack.last_mut() {
-                    Some(parent) => parent.push_child(el),
-                    None => return Ok(el),
-                }
-            }
-            Event::End(_) => {
-                let level = stack.len();
-                scope.retain(|b| b.level < level);
-                let Some(el) = stack.pop() else {
-                    return Err(XmlError::Malformed("unbalanced end tag".into()));
-                };
-                match stack.last_mut() {
-                    Some(parent) => parent.push_child(el),
-                    None => return Ok(el),
-                }
-            }
-            Event::Text(t) => {
-                if let Some(el) = stack.last_mut() {
-                    el.push_text(t.xml10_content());
-                }
-            }
-            Event::CData(t) => {
-                if let Some(el) = stack.last_mut() {
-                    el.push_text(t.into_inner());
-                }
-            }
-            Event::GeneralRef(r) => {
-                let resolved = if r.is_char_ref() {
-                    match r.resolve_char_ref() {
-                        Ok(Some(c)) => c.to_string(),
-                        _ => {
-                            return Err(XmlError::Malformed(format!(
-                                "bad character reference &{};",
-                                &*r
-                            )));
-                        }
-                    }
-                } else {
-                    match quick_xml::escape::resolve_predefined_entity(&r) {
-                        Some(s) => s.to_owned(),
-                        None => return Err(XmlError::Restricted("an undeclared entity reference")),
-                    }
-                };
-                if let Some(el) = stack.last_mut() {
-                    el.push_text(resolved);
-                }
-            }
-            Event::Comment(_) => return Err(XmlError::Restricted("a comment")),
-            Event::PI(_) | Event::Decl(_) => {
-                return Err(XmlError::Restricted("a processing instruction"));
-            }
-            Event::DocType(_) => return Err(XmlError::Restricted("a DTD")),
-            Event::Eof => return Err(XmlError::Malformed("stanza ended early".into())),
+impl TreeBuilder {
+    fn new(default_ns: Name) -> Self {
+        Self {
+            default_ns,
+            open: Vec::new(),
+            scope: Vec::new(),
+            keys: Vec::new(),
         }
+    }
+
+    fn clear(&mut self) {
+        self.open.clear();
+        self.scope.clear();
+        self.keys.clear();
+    }
+
+    /// Vector capacity kept between stanzas; what an unusually large stanza grew beyond it is
+    /// given back, so that an idle session keeps only a small parser.
+    const KEEP: usize = 64;
+
+    /// The element of the stanza `text` (checked UTF-8) whose tags and text are `tokens`.
+    fn build(&mut self, text: &str, tokens: &[Token]) -> Result<Element, XmlError> {
+        let result = self.replay(text, tokens);
+        self.clear();
+        if self.open.capacity() > Self::KEEP {
+            self.open.shrink_to(Self::KEEP);
+        }
+        if self.scope.capacity() > Self::KEEP {
+            self.scope.shrink_to(Self::KEEP);
+        }
+        if self.keys.capacity() > Self::KEEP {
+            self.keys.shrink_to(Self::KEEP);
+        }
+        result
+    }
+
+    fn replay(&mut self, text: &str, tokens: &[Token]) -> Result<Element, XmlError> {
+        // Token boundaries are ASCII delimiters, so always character boundaries.
+        let piece = |from: usize, to: usize| text.get(from..to).ok_or(XmlError::InvalidUtf8);
+        let mut stanza = None;
+        for token in tokens {
+            match *token {
+                Token::Text(from, to) => self.text(piece(from, to)?)?,
+                Token::CData(from, to) => self.cdata(piece(from, to)?)?,
+                Token::Start {
+                    from,
+                    to,
+                    name_len,
+                    empty,
+                    children,
+                    quoted,
+                } => {
+                    self.start(piece(from, to)?, name_len, children, quoted)?;
+                    if empty {
+                        stanza = self.end();
+                    }
+                }
+                Token::End => stanza = self.end(),
+            }
+        }
+        stanza.ok_or_else(|| XmlError::Malformed("stanza end without a start".into()))
+    }
+
+    /// A start tag: its text between `<` and `>` (without the `/` of an empty-element tag),
+    /// whose name (`name_len` bytes) the framer has checked, with the framer's counts of its
+    /// children and quoted values.
+    fn start(
+        &mut self,
+        tag: &str,
+        name_len: usize,
+        children: usize,
+        quoted: usize,
+    ) -> Result<(), XmlError> {
+        let qname = tag.get(..name_len).ok_or(XmlError::InvalidUtf8)?;
+        let level = self.open.len() + 1;
+        let mut attrs = Vec::new();
+        let mut text = String::new();
+        self.attributes(tag, name_len, level, quoted, &mut attrs, &mut text)?;
+        let (prefix, local) = split_qname(qname);
+        let ns = self.resolve(prefix.unwrap_or(""))?;
+        self.open.push(Element::from_parts(
+            intern(local),
+            ns,
+            attrs,
+            text,
+            Vec::with_capacity(children),
+        ));
+        Ok(())
+    }
+
+    /// Parses the attributes after the name with the rules of quick-xml's attribute iterator
+    /// (`name = 'value'` or `"value"`, white space allowed around `=`, duplicates rejected),
+    /// plus: a name cannot be empty. Namespace declarations go into `scope`, the others into
+    /// `attrs` (allocated for at most `quoted` entries) with their values appended to `values`.
+    fn attributes(
+        &mut self,
+        tag: &str,
+        from: usize,
+        level: usize,
+        quoted: usize,
+        attrs: &mut Vec<(Name, usize)>,
+        values: &mut String,
+    ) -> Result<(), XmlError> {
+        self.keys.clear();
+        let b = tag.as_bytes();
+        let skip_space = |mut i: usize| {
+            while b.get(i).copied().is_some_and(is_xml_space) {
+                i += 1;
+            }
+            i
+        };
+        let mut seen: Option<HashSet<&str>> = None;
+        let mut i = from;
+        loop {
+            i = skip_space(i);
+            if i == b.len() {
+                return Ok(());
+            }
+            let key_start = i;
+            while b.get(i).is_some_and(|&c| c != b'=' && !is_xml_space(c)) {
+                i += 1;
+            }
+            let key = &tag[key_start..i];
+            i = skip_space(i);
+            if b.get(i) != Some(&b'=') {
+                return Err(XmlError::Malformed(format!(
+                    "attribute '{key}' has no value"
+                )));
+            }
+            if key.is_empty() {
+                return Err(XmlError::Malformed("attribute without a name".into()));
+            }
+            // Duplicates: names are compared by their first 8 bytes and length first.
+            let head = prefix(key.as_bytes());
+            let duplicate = match &mut seen {
+                Some(set) => !set.insert(key),
+                None => {
+                    let dup = self.keys.iter().any(|&(h, s, e)| {
+                        h == head && e - s == key.len() && (key.len() <= 8 || &tag[s..e] == key)
+                    });
+                    if self.keys.len() >= LINEAR_DUPLICATE_CHECK {
+                        let mut set: HashSet<&str> =
+                            self.keys.iter().map(|&(_, s, e)| &tag[s..e]).collect();
+                        set.insert(key);
+                        seen = Some(set);
+                    } else {
+                        self.keys.push((head, key_start, key_start + key.len()));
+                    }
+                    dup
+                }
+            };
+            if duplicate {
+                return Err(XmlError::Malformed(format!("duplicate attribute '{key}'")));
+            }
+            i = skip_space(i + 1);
+            let quote = match b.get(i) {
+                Some(&q @ (b'"' | b'\'')) => q,
+                Some(_) => {
+                    return Err(XmlError::Malformed(format!(
+                        "the value of attribute '{key}' is not quoted"
+                    )));
+                }
+                None => {
+                    return Err(XmlError::Malformed(format!(
+                        "attribute '{key}' has no value"
+                    )));
+                }
+            };
+            let value_start = i + 1;
+            let Some(len) = memchr::memchr(quote, &b[value_start..]) else {
+                return Err(XmlError::Malformed(format!(
+                    "the value of attribute '{key}' is not closed"
+                )));
+            };
+            let end = value_start + len;
+            let plain = !needs_normalising(&b[value_start..end]);
+            i = end + 1;
+            let raw = &tag[value_start..end];
+            let value = if plain {
+                Cow::Borrowed(raw)
+            } else {
+                normalize_attribute_value(key, raw)?
+            };
+            if key == "xmlns" {
+                self.scope.push(Binding {
+                    prefix: Cow::Borrowed(""),
+                    uri: intern_cow(value),
+                    level,
+                });
+            } else if let Some(prefix) = key.strip_prefix("xmlns:") {
+                self.scope.push(Binding {
+                    prefix: intern(prefix),
+                    uri: intern_cow(value),
+                    level,
+                });
+            } else {
+                if values.capacity() == 0 {
+                    // The values left are at most the rest of the tag.
+                    *values = String::with_capacity(tag.len() - value_start);
+                }
+                if attrs.capacity() == 0 {
+                    *attrs = Vec::with_capacity(quoted.max(1));
+                }
+                values.push_str(&value);
+                attrs.push((intern_prefixed(key, head), values.len()));
+            }
+        }
+    }
+
+    /// The namespace of `prefix` (empty: the default namespace). The stream's own bindings are
+    /// the fallback; `stream` and `xml` are always bound (stanzas such as `<stream:error>` use
+    /// them).
+    fn resolve(&self, prefix: &str) -> Result<Name, XmlError> {
+        let wanted = prefix.as_bytes();
+        if let Some(b) = self
+            .scope
+            .iter()
+            .rev()
+            .find(|b| same_bytes(b.prefix.as_bytes(), wanted))
+        {
+            return Ok(b.uri.clone());
+        }
+        match prefix {
+            "" => Ok(self.default_ns.clone()),
+            "stream" => Ok(Cow::Borrowed(ns::STREAM)),
+            "xml" => Ok(Cow::Borrowed(ns::XML)),
+            other => Err(XmlError::Malformed(format!(
+                "undeclared namespace prefix '{other}'"
+            ))),
+        }
+    }
+
+    /// The end of the innermost open element (already matched against its start tag). Returns
+    /// the element when it was the outermost one.
+    fn end(&mut self) -> Option<Element> {
+        let el = self.open.pop()?;
+        let level = self.open.len() + 1;
+        while self.scope.last().is_some_and(|b| b.level >= level) {
+            self.scope.pop();
+        }
+        match self.open.last_mut() {
+            Some(parent) => {
+                parent.push_child(el);
+                None
+            }
+            None => Some(el),
+        }
+    }
+
+    /// The text of the innermost open element.
+    fn open_text(&mut self) -> Result<&mut String, XmlError> {
+        match self.open.last_mut() {
+            Some(open) => Ok(open.text_mut()),
+            None => Err(XmlError::Malformed("text outside an element".into())),
+        }
+    }
+
+    /// Character data between two tags: line ends normalised, references resolved, appended to
+    /// the innermost open element's text.
+    fn text(&mut self, raw: &str) -> Result<(), XmlError> {
+        let text = self.open_text()?;
+        if text.capacity() == 0 {
+            // The decoded text is never longer than the raw one.
+            *text = String::with_capacity(raw.len());
+        }
+        decode_text(text, raw)
+    }
+
+    /// The content of a CDATA section, taken as it is.
+    fn cdata(&mut self, raw: &str) -> Result<(), XmlError> {
+        self.open_text()?.push_str(raw);
+        Ok(())
     }
 }
 
-fn start_element(
-    tag: &BytesStart<'_>,
-    scope: &mut Vec<Binding>,
-    level: usize,
-    default_ns: &str,
-) -> Result<Element, XmlError> {
-    let qname = tag.name();
-    let (prefix, local) = split_qname(qname.0);
-    let mut el = Element::new(super::element::intern(local), "");
-    for attr in tag.attributes() {
-        let attr = attr.map_err(|e| XmlError::Malformed(e.to_string()))?;
-        let value = attr
-            .normalized_value(XmlVersion::Implicit1_0)
-            .map_err(|e| match e {
-                quick_xml::Error::Escape(_) => {
-                    XmlError::Restricted("an undeclared entity reference")
-                }
-                other => XmlError::Malformed(other.to_string()),
-            })?
-            .into_owned();
-        let key = attr.key.0;
-        if key == "xmlns" {
-            scope.push(Binding {
-                prefix: String::new(),
-                uri: value,
-                level,
-            });
-        } else if let Some(p) = key.strip_prefix("xmlns:") {
-            scope.push(Binding {
-                prefix: p.to_owned(),
-                uri: value,
-                level,
-            });
-        } else {
-            el.push_attr(super::element::intern(key), value);
+/// Whether an attribute value has `&` or a control character (tab, CR and LF among them; the
+/// others only take the slower path, which finds nothing to change). Eight bytes at a time.
+fn needs_normalising(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    // Bit 7 of a byte is set where the byte is below `n` (exact for n <= 128).
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGHS;
+    let mut chunks = value.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if below(x, 0x0e) | below(x ^ (ONES * u64::from(b'&')), 1) != 0 {
+            return true;
         }
     }
-    let prefix = prefix.unwrap_or("");
-    let uri = match scope.iter().rev().find(|b| b.prefix == prefix) {
-        Some(b) => b.uri.as_str(),
-        None => match prefix {
-            "" => default_ns,
-            "stream" => ns::STREAM,
-            "xml" => ns::XML,
-            other => {
-                return Err(XmlError::Malformed(format!(
-                    "undeclared namespace prefix '{other}'"
-                )));
+    chunks.remainder().iter().any(|&c| c == b'&' || c < 0x0e)
+}
+
+/// XML 1.0 §3.3.3: white space in an attribute value becomes a space, references are resolved
+/// (by quick-xml).
+fn normalize_attribute_value<'a>(key: &'a str, raw: &'a str) -> Result<Cow<'a, str>, XmlError> {
+    Attribute {
+        key: QName(key),
+        value: Cow::Borrowed(raw),
+    }
+    .normalized_value(XmlVersion::Implicit1_0)
+    .map_err(|e| match e {
+        quick_xml::Error::Escape(_) => XmlError::Restricted("an undeclared entity reference"),
+        other => XmlError::Malformed(other.to_string()),
+    })
+}
+
+/// Appends character data to `out`: XML 1.0 §2.11 line ends (CR LF and a lone CR become LF),
+/// the five predefined entities and character references resolved, any other reference refused
+/// (RFC 6120 §11.1).
+fn decode_text(out: &mut String, raw: &str) -> Result<(), XmlError> {
+    let bytes = raw.as_bytes();
+    let mut done = 0;
+    while let Some(rel) = memchr::memchr2(b'&', b'\r', &bytes[done..]) {
+        let at = done + rel;
+        out.push_str(&raw[done..at]);
+        if bytes[at] == b'\r' {
+            out.push('\n');
+            done = at + 1;
+            if bytes.get(done) == Some(&b'\n') {
+                done += 1;
             }
-        },
-    };
-    el.set_ns(uri);
-    Ok(el)
+            continue;
+        }
+        // A reference runs to the next ';', which must come before any other '&'.
+        let rest = &bytes[at + 1..];
+        let Some(len) = memchr::memchr2(b';', b'&', rest).filter(|&i| rest[i] == b';') else {
+            return Err(XmlError::Malformed("'&' without a reference".into()));
+        };
+        let name = &raw[at + 1..at + 1 + len];
+        if name.starts_with('#') {
+            match BytesRef::new(name).resolve_char_ref() {
+                Ok(Some(c)) => out.push(c),
+                _ => {
+                    return Err(XmlError::Malformed(format!(
+                        "bad character reference &{name};"
+                    )));
+                }
+            }
+        } else {
+            match quick_xml::escape::resolve_predefined_entity(name) {
+                Some(s) => out.push_str(s),
+                None => return Err(XmlError::Restricted("an undeclared entity reference")),
+            }
+        }
+        done = at + 1 + len + 1;
+    }
+    out.push_str(&raw[done..]);
+    Ok(())
+}
+
+/// Parses one complete element, as a stanza inside a stream whose default namespace is
+/// `default_ns` (the `stream` and `xml` prefixes are always bound). White space may surround
+/// it; anything after its end tag is ignored. No size or depth limit applies.
+pub fn parse_element(text: &str, default_ns: &str) -> Result<Element, XmlError> {
+    let mut parser = StreamParser::new(StreamLimits {
+        max_stanza_bytes: usize::MAX,
+        max_depth: usize::MAX,
+    });
+    parser.depth = 1;
+    parser.tree.default_ns = intern(default_ns);
+    parser.push(text.as_bytes());
+    match parser.next_event()? {
+        Some(StreamEvent::Stanza(el)) => Ok(el),
+        Some(_) => Err(XmlError::Malformed("not an element".into())),
+        None => Err(XmlError::Malformed("element ended early".into())),
+    }
 }
 
 #[cfg(test)]
@@ -905,6 +1304,24 @@ mod tests {
         p.restart();
         let events = all_events(&mut p).unwrap();
         assert!(matches!(events[0], StreamEvent::Open(_)));
+    }
+
+    #[test]
+    fn needs_normalising_finds_every_amp_and_control_character() {
+        let plain = |v: &[u8]| !v.iter().any(|&c| c == b'&' || c < 0x0e);
+        for len in 0..40 {
+            let base: Vec<u8> = (0..len)
+                .map(|i| b"az AZ09'\"<>=/:\xc3\xa9"[i % 15])
+                .collect();
+            assert_eq!(needs_normalising(&base), !plain(&base), "{base:?}");
+            for at in 0..len {
+                for c in [b'&', b'\t', b'\n', b'\r', 0, 0x0d, 0x0e, 0x25, 0x27, 0xff] {
+                    let mut v = base.clone();
+                    v[at] = c;
+                    assert_eq!(needs_normalising(&v), !plain(&v), "{v:?}");
+                }
+            }
+        }
     }
 
     #[test]
