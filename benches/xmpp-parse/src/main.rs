@@ -2,7 +2,8 @@
 //! against xmpp-rs (minidom + xmpp-parsers), on one recorded ~20 MB stream of mixed stanzas.
 //!
 //! Run: `cd benches/xmpp-parse && cargo run --release` (`-- <MiB>` for another stream size;
-//! `-- 20 element` or `-- 20 typed` runs only that variant of ours, for a profiler).
+//! `-- 20 element`, `-- 20 typed`, `-- 20 quick` or `-- 20 xmpp-rs` runs only that variant,
+//! for a profiler).
 //! Each variant runs 5 times over the same bytes; the best run is reported.
 //!
 //! What each variant does:
@@ -11,8 +12,9 @@
 //!   built on quick-xml.
 //! - `xmpp-core Element`: `StreamParser` fed 16 KiB chunks; framing, limits, restricted-XML
 //!   checks, UTF-8 validation, namespace resolution, unescaping, one owned `Element` per stanza.
-//! - `xmpp-core typed`: the above plus `Message`/`Presence`/`Iq::from_element` for every stanza
-//!   (JIDs parsed, chat state and delay extracted, IQ payload cloned).
+//! - `xmpp-core typed`: the above plus `Message`/`Presence`/`Iq::try_from(Element)` for every
+//!   stanza (JIDs parsed, chat state and delay extracted; the element is given up, so the IQ
+//!   payload and the body/status text are moved, not copied, as xmpp-parsers' `try_from` does).
 //! - `xmpp-rs typed`: per stanza, `minidom::Element` parsed from the stanza's text (framed in
 //!   advance, outside the timing, with `xmlns='jabber:client'` added since minidom needs it)
 //!   then `xmpp_parsers` `Message`/`Presence`/`Iq::try_from`, and for messages the chat state and
@@ -250,13 +252,13 @@ fn xmpp_core_elements(stream: &str, typed: bool) -> usize {
                 if typed {
                     match el.name() {
                         "message" => {
-                            black_box(Message::from_element(&el).expect("message"));
+                            black_box(Message::try_from(el).expect("message"));
                         }
                         "presence" => {
-                            black_box(Presence::from_element(&el).expect("presence"));
+                            black_box(Presence::try_from(el).expect("presence"));
                         }
                         "iq" => {
-                            black_box(Iq::from_element(&el).expect("iq"));
+                            black_box(Iq::try_from(el).expect("iq"));
                         }
                         other => panic!("unexpected <{other}>"),
                     }
@@ -312,13 +314,19 @@ fn main() {
         println!("  {kind:<16} {n:>7} stanzas, avg {:>5} bytes", b / n);
     }
 
-    // `-- <MiB> element|typed`: run one of ours alone (for a profiler).
+    // `-- <MiB> element|typed|quick|xmpp-rs`: run one variant alone (for a profiler).
     match std::env::args().nth(2).as_deref() {
         Some("element") => {
             return println!("{:?}", best_of(|| xmpp_core_elements(&rec.stream, false)));
         }
         Some("typed") => {
             return println!("{:?}", best_of(|| xmpp_core_elements(&rec.stream, true)));
+        }
+        Some("quick") => {
+            return println!("{:?}", best_of(|| quick_xml_tokens(&rec.stream)));
+        }
+        Some("xmpp-rs") => {
+            return println!("{:?}", best_of(|| xmpp_rs_typed(&rec.framed)));
         }
         _ => {}
     }

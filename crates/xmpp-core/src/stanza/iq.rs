@@ -85,8 +85,15 @@ impl Iq {
         }
     }
 
-    /// Parses an `<iq/>`.
+    /// Parses an `<iq/>`; the payload is cloned (see the `TryFrom<Element>` impl to move it).
     pub fn from_element(el: &Element) -> Result<Self, ParseError> {
+        let mut iq = Self::parse(el)?;
+        iq.payload = el.children().find(|c| is_payload(c)).cloned();
+        Ok(iq)
+    }
+
+    /// Everything but the payload, checked in the order of RFC 6120 §8.2.3.
+    fn parse(el: &Element) -> Result<Self, ParseError> {
         if !el.is("iq", ns::CLIENT) {
             return Err(ParseError::new("iq", format!("not an iq: <{}>", el.name())));
         }
@@ -101,11 +108,7 @@ impl Iq {
             Some("error") => IqType::Error,
             other => return Err(ParseError::new("iq", format!("bad type {other:?}"))),
         };
-        let payload = el
-            .children()
-            .find(|c| c.name() != "error" || c.ns() != ns::CLIENT)
-            .cloned();
-        if matches!(kind, IqType::Get | IqType::Set) && payload.is_none() {
+        if matches!(kind, IqType::Get | IqType::Set) && !el.children().any(is_payload) {
             return Err(ParseError::new("iq", "request without a payload"));
         }
         Ok(Self {
@@ -113,7 +116,7 @@ impl Iq {
             from: jid_attr(el, "from", "iq")?,
             to: jid_attr(el, "to", "iq")?,
             kind,
-            payload,
+            payload: None,
             error: if kind == IqType::Error {
                 StanzaError::from_children(el)
             } else {
@@ -142,6 +145,22 @@ impl Iq {
         }
         el
     }
+}
+
+/// Parses an `<iq/>` it takes: the payload is moved, not copied.
+impl TryFrom<Element> for Iq {
+    type Error = ParseError;
+
+    fn try_from(el: Element) -> Result<Self, ParseError> {
+        let mut iq = Self::parse(&el)?;
+        iq.payload = el.into_children().find(is_payload);
+        Ok(iq)
+    }
+}
+
+/// The payload is the first child that is not the `<error/>` of an error reply.
+fn is_payload(child: &Element) -> bool {
+    child.name() != "error" || child.ns() != ns::CLIENT
 }
 
 /// XEP-0199 `<ping xmlns='urn:xmpp:ping'/>`.
@@ -201,6 +220,24 @@ mod tests {
         let iq = Iq::from_element(&el).unwrap();
         assert_eq!(iq.error.unwrap().condition, "not-allowed");
         assert!(iq.payload.unwrap().is("query", ns::ROSTER));
+    }
+
+    #[test]
+    fn taking_the_element_gives_the_same_iq() {
+        for xml in [
+            "<iq type='result' id='a' from='messenger.live.com'/>",
+            "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq type='error' id='s1'><query xmlns='jabber:iq:roster'/><error type='cancel'>\
+             <not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+            "<iq type='error' id='s2'><error type='cancel'/><query xmlns='jabber:iq:roster'/></iq>",
+        ] {
+            let el = parse_element(xml, ns::CLIENT).unwrap();
+            assert_eq!(Iq::try_from(el.clone()), Iq::from_element(&el), "{xml}");
+        }
+        for bad in ["<iq type='set' id='x'/>", "<iq id='x'/>", "<message/>"] {
+            let el = parse_element(bad, ns::CLIENT).unwrap();
+            assert!(Iq::try_from(el).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -100,6 +100,14 @@ impl Message {
 
     /// Parses a `<message/>`.
     pub fn from_element(el: &Element) -> Result<Self, ParseError> {
+        let (mut message, body) = Self::parse(el)?;
+        message.body = body.and_then(|i| el.children().nth(i)).map(Element::text);
+        Ok(message)
+    }
+
+    /// Everything but the body, and which child is the body: the one without `xml:lang`, or
+    /// the first.
+    fn parse(el: &Element) -> Result<(Self, Option<usize>), ParseError> {
         if !el.is("message", ns::CLIENT) {
             return Err(ParseError::new(
                 "message",
@@ -107,17 +115,17 @@ impl Message {
             ));
         }
         let kind = MessageType::parse(el.attr("type"));
-        let bodies = || el.children().filter(|c| c.is("body", ns::CLIENT));
-        let body = bodies()
-            .find(|b| b.attr("xml:lang").is_none())
-            .or_else(|| bodies().next())
-            .map(Element::text);
-        Ok(Self {
+        let is_body = |c: &Element| c.is("body", ns::CLIENT);
+        let body = el
+            .children()
+            .position(|c| is_body(c) && c.attr("xml:lang").is_none())
+            .or_else(|| el.children().position(is_body));
+        let message = Self {
             id: el.attr("id").map(str::to_owned),
             from: jid_attr(el, "from", "message")?,
             to: jid_attr(el, "to", "message")?,
             kind,
-            body,
+            body: None,
             thread: el.child_text("thread", ns::CLIENT),
             chat_state: ChatState::from_children(el),
             delay: Delay::from_children(el)?,
@@ -126,7 +134,8 @@ impl Message {
             } else {
                 None
             },
-        })
+        };
+        Ok((message, body))
     }
 
     /// Serializes to a `<message/>` element.
@@ -155,6 +164,19 @@ impl Message {
     }
 }
 
+/// Parses a `<message/>` it takes: the body text is moved, not copied.
+impl TryFrom<Element> for Message {
+    type Error = ParseError;
+
+    fn try_from(el: Element) -> Result<Self, ParseError> {
+        let (mut message, body) = Self::parse(&el)?;
+        message.body = body
+            .and_then(|i| el.into_children().nth(i))
+            .map(Element::into_text);
+        Ok(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +198,29 @@ mod tests {
         assert_eq!(m.from.unwrap().to_string(), "bob@x/phone");
         assert_eq!(m.chat_state, Some(ChatState::Composing));
         assert_eq!(m.delay.unwrap().unix_millis(), 1_704_067_200_000);
+    }
+
+    #[test]
+    fn taking_the_element_gives_the_same_message() {
+        for xml in [
+            "<message from='Bob@x/phone' to='alice@x' type='chat' id='m1'>\
+             <body xml:lang='de'>hallo</body><body>hello</body>\
+             <composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "<message><body xml:lang='de'>nur</body><thread>t</thread></message>",
+            "<message type='chat'><body>a <![CDATA[b]]> &amp; c</body></message>",
+            "<message type='chat'><body a='x'>text</body></message>",
+            "<message type='error' id='m9'><error type='cancel'><service-unavailable \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        ] {
+            let el = parse_element(xml, ns::CLIENT).unwrap();
+            assert_eq!(
+                Message::try_from(el.clone()),
+                Message::from_element(&el),
+                "{xml}"
+            );
+        }
+        let el = parse_element("<message from='@x'/>", ns::CLIENT).unwrap();
+        assert!(Message::try_from(el).is_err());
     }
 
     #[test]

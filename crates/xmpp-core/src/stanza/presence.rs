@@ -155,6 +155,16 @@ impl Presence {
 
     /// Parses a `<presence/>`.
     pub fn from_element(el: &Element) -> Result<Self, ParseError> {
+        let mut presence = Self::parse(el)?;
+        presence.status = el
+            .child("status", ns::CLIENT)
+            .map(Element::text)
+            .filter(|s| !s.is_empty());
+        Ok(presence)
+    }
+
+    /// Everything but the status text.
+    fn parse(el: &Element) -> Result<Self, ParseError> {
         if !el.is("presence", ns::CLIENT) {
             return Err(ParseError::new(
                 "presence",
@@ -162,9 +172,9 @@ impl Presence {
             ));
         }
         let kind = PresenceType::parse(el.attr("type"))?;
-        let priority = match el.child_text("priority", ns::CLIENT) {
+        let priority = match el.child("priority", ns::CLIENT) {
             // RFC 6121 §4.7.2.3: out-of-range or junk priorities are treated as 0.
-            Some(p) => p.trim().parse::<i8>().unwrap_or(0),
+            Some(p) => p.text_ref().trim().parse::<i8>().unwrap_or(0),
             None => 0,
         };
         Ok(Self {
@@ -173,18 +183,15 @@ impl Presence {
             id: el.attr("id").map(str::to_owned),
             kind,
             show: el
-                .child_text("show", ns::CLIENT)
-                .as_deref()
-                .and_then(Show::parse),
-            status: el
-                .child_text("status", ns::CLIENT)
-                .filter(|s| !s.is_empty()),
+                .child("show", ns::CLIENT)
+                .and_then(|s| Show::parse(s.text_ref())),
+            status: None,
             priority,
             nick: el.child_text("nick", ns::NICK).filter(|s| !s.is_empty()),
             photo_hash: el
                 .child("x", VCARD_UPDATE_NS)
-                .and_then(|x| x.child_text("photo", VCARD_UPDATE_NS))
-                .map(|h| h.trim().to_lowercase()),
+                .and_then(|x| x.child("photo", VCARD_UPDATE_NS))
+                .map(|h| h.text_ref().trim().to_lowercase()),
             error: if kind == PresenceType::Error {
                 StanzaError::from_children(el)
             } else {
@@ -192,7 +199,6 @@ impl Presence {
             },
         })
     }
-
     /// Serializes to a `<presence/>` element.
     pub fn to_element(&self) -> Element {
         let mut el = Element::new("presence", ns::CLIENT)
@@ -217,6 +223,21 @@ impl Presence {
     }
 }
 
+/// Parses a `<presence/>` it takes: the status text is moved, not copied.
+impl TryFrom<Element> for Presence {
+    type Error = ParseError;
+
+    fn try_from(el: Element) -> Result<Self, ParseError> {
+        let mut presence = Self::parse(&el)?;
+        presence.status = el
+            .into_children()
+            .find(|c| c.is("status", ns::CLIENT))
+            .map(Element::into_text)
+            .filter(|s| !s.is_empty());
+        Ok(presence)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +259,27 @@ mod tests {
         assert_eq!(p.status.as_deref(), Some("busy"));
         assert_eq!(p.priority, -5);
         assert_eq!(p.photo_hash.as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn taking_the_element_gives_the_same_presence() {
+        for xml in [
+            "<presence from='bob@x/phone'><show>dnd</show><status>busy</status>\
+             <priority>-5</priority><x xmlns='vcard-temp:x:update'><photo>ABC123</photo></x>\
+             </presence>",
+            "<presence><status xml:lang='en'>a</status><status>b</status></presence>",
+            "<presence><status/><show> away </show></presence>",
+            "<presence type='unavailable'/>",
+        ] {
+            let el = parse_element(xml, ns::CLIENT).unwrap();
+            assert_eq!(
+                Presence::try_from(el.clone()),
+                Presence::from_element(&el),
+                "{xml}"
+            );
+        }
+        let el = parse_element("<presence type='bogus'/>", ns::CLIENT).unwrap();
+        assert!(Presence::try_from(el).is_err());
     }
 
     #[test]
