@@ -1326,7 +1326,9 @@ mod reference {
                         }
                         match self.depth {
                             0 => {
-                                return Err(XmlError::Malformed("end tag before the stream".into()));
+                                return Err(XmlError::Malformed(
+                                    "end tag before the stream".into(),
+                                ));
                             }
                             1 => {
                                 self.depth = 0;

@@ -682,9 +682,10 @@ impl TreeBuilder {
         self.keys.clear();
     }
 
-    /// Vector capacity kept between stanzas; what an unusually large stanza grew beyond it is
-    /// given back, so that an idle session keeps only a small parser.
-    const KEEP: usize = 64;
+    /// Vector capacity kept between stanzas (enough for a chat message); what a larger stanza
+    /// (a roster, a vCard) grew beyond it is given back, so that an idle session keeps only a
+    /// small parser.
+    const KEEP: usize = 16;
 
     /// The element of the stanza `text` (checked UTF-8) whose tags and text are `tokens`.
     fn build(&mut self, text: &str, tokens: &[Token]) -> Result<Element, XmlError> {
