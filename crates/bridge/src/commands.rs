@@ -58,7 +58,9 @@ async fn run(bridge: &Bridge, user: &str, room: &str, line: &str) -> String {
         ("logout", Some(u)) => {
             inner.xmpp.stop(user).await;
             crate::linking::revoke(bridge, user).await;
-            match inner.store.unlink_user(user).await {
+            let unlinked = inner.store.unlink_user(user).await;
+            bridge.portals().remove_user(user);
+            match unlinked {
                 Ok(_) => format!("Logged out of {}; the tokens are forgotten.", u.jid),
                 Err(e) => format!("Could not forget the login: {e}"),
             }

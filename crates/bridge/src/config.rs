@@ -202,7 +202,7 @@ fn default_port() -> u16 {
     5222
 }
 fn default_keepalive() -> u64 {
-    50
+    30
 }
 fn default_max_stanza() -> usize {
     256 * 1024

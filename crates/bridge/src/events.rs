@@ -19,29 +19,32 @@ pub(crate) enum HandleError {
     Fail(String),
 }
 
-/// Handles one Matrix event; `Ok(true)` when a message went to XMPP.
+/// A message that went to XMPP: `(room id, event id, stanza id)`, to remember the mapping.
+pub(crate) type Sent = (String, String, String);
+
+/// Handles one Matrix event; `Ok(Some(_))` when a message went to XMPP (written to the server).
 pub(crate) async fn handle_matrix_event(
     bridge: &Bridge,
     event: &Value,
-) -> Result<bool, HandleError> {
+) -> Result<Option<Sent>, HandleError> {
     let inner = &bridge.inner;
     let (Some(kind), Some(sender), Some(room_id)) = (
         event["type"].as_str(),
         event["sender"].as_str(),
         event["room_id"].as_str(),
     ) else {
-        return Ok(false);
+        return Ok(None);
     };
     if inner.ghosts.is_ghost(sender) || sender == inner.bot.as_str() {
-        return Ok(false);
+        return Ok(None);
     }
     match kind {
         "m.room.member" => {
             on_membership(bridge, event, sender, room_id).await;
-            Ok(false)
+            Ok(None)
         }
         "m.room.message" => on_message(bridge, event, sender, room_id).await,
-        _ => Ok(false),
+        _ => Ok(None),
     }
 }
 
@@ -100,28 +103,20 @@ async fn on_membership(bridge: &Bridge, event: &Value, sender: &str, room_id: &s
                     .store
                     .upsert_portal(sender, &contact.to_string(), room_id)
                     .await;
-                inner
-                    .portal_rooms
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert((sender.to_owned(), contact.to_string()), room.to_owned());
+                bridge.portals().insert(sender, &contact.to_string(), &room);
                 let _ = bridge.ensure_ghost(sender, &contact, false).await;
             }
         }
         return;
     }
     if matches!(membership, "leave" | "ban")
-        && let Ok(Some(portal)) = inner.store.portal_by_room(room_id).await
-        && portal.matrix_user == target
+        && let Ok(Some((portal_user, portal_contact))) = bridge.portal_by_room(room_id).await
+        && portal_user == target
     {
         // The user left the portal: forget it; the next message opens a new one.
         let _ = inner.store.delete_portal(room_id).await;
-        inner
-            .portal_rooms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(portal.matrix_user.clone(), portal.contact_jid.clone()));
-        if let Ok(contact) = Jid::parse(&portal.contact_jid) {
+        bridge.portals().remove_room(room_id);
+        if let Ok(contact) = Jid::parse(&portal_contact) {
             let _ = inner
                 .matrix
                 .leave(&inner.ghosts.user_id(&contact), &room)
@@ -135,34 +130,33 @@ async fn on_message(
     event: &Value,
     sender: &str,
     room_id: &str,
-) -> Result<bool, HandleError> {
+) -> Result<Option<Sent>, HandleError> {
     let inner = &bridge.inner;
     let content = &event["content"];
     let body = content["body"].as_str().unwrap_or("");
-    let portal = inner
-        .store
+    let portal = bridge
         .portal_by_room(room_id)
         .await
         .map_err(|e| HandleError::Retry(e.to_string()))?;
-    let Some(portal) = portal else {
+    let Some((portal_user, portal_contact)) = portal else {
         // Not a portal: a room with the bot. Everything there is a command.
         if inner.config.bridge.level(sender).is_none() {
             bridge
                 .bot_say(room_id, "Sorry, you are not allowed to use this bridge.")
                 .await;
-            return Ok(false);
+            return Ok(None);
         }
         crate::commands::handle(bridge, sender, room_id, body.trim()).await;
-        return Ok(false);
+        return Ok(None);
     };
-    if portal.matrix_user != sender {
-        return Ok(false);
+    if portal_user != sender {
+        return Ok(None);
     }
     if let Some(command) = body.strip_prefix("!msn ") {
         crate::commands::handle(bridge, sender, room_id, command.trim()).await;
-        return Ok(false);
+        return Ok(None);
     }
-    let contact = Jid::parse(&portal.contact_jid).map_err(|e| HandleError::Fail(e.to_string()))?;
+    let contact = Jid::parse(&portal_contact).map_err(|e| HandleError::Fail(e.to_string()))?;
     let text = mapping::matrix_to_xmpp_body(content, inner.matrix.base_url()).ok_or_else(|| {
         HandleError::Fail("this kind of message cannot be sent to Messenger".into())
     })?;
@@ -202,7 +196,6 @@ async fn on_message(
             "split a long message for XMPP"
         );
     }
-    let _ = inner.store.map_message(room_id, event_id, &base_id).await;
     inner.typing_clear(room_id);
-    Ok(true)
+    Ok(Some((room_id.to_owned(), event_id.to_owned(), base_id)))
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 mod events;
 pub mod ghost;
+pub mod latency;
 mod linking;
 pub mod mapping;
 pub mod matrix;

@@ -3,10 +3,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::time::Duration;
 
-/// Latency buckets in seconds.
-const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// Latency buckets in seconds: fine below 10 ms, where the bridge's own share lives.
+const BUCKETS: [f64; 20] = [
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// The parts of a message's latency, in the order they are rendered.
+const PARTS: [&str; 4] = ["total", "queue", "remote", "bridge"];
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -32,10 +36,8 @@ struct State {
     bridged: BTreeMap<&'static str, u64>,
     failures: BTreeMap<String, u64>,
     sessions: BTreeMap<String, &'static str>,
-    /// Time inside the bridge, per direction.
-    latency: BTreeMap<&'static str, Histogram>,
-    /// Stanza received → homeserver accepted.
-    end_to_end: BTreeMap<&'static str, Histogram>,
+    /// Per direction, one histogram per part of [`crate::latency::Breakdown`] (see `PARTS`).
+    latency: BTreeMap<&'static str, [Histogram; 4]>,
 }
 
 /// The bridge's metrics.
@@ -52,21 +54,19 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// A message was bridged in `direction` after `elapsed` in the delivery step; `received_ms`
-    /// is when the bridge first saw it.
-    pub fn bridged(&self, direction: &'static str, elapsed: Duration, received_ms: Option<i64>) {
+    /// A message was bridged in `direction`; `timing` is its latency split up, when the bridge
+    /// saw it arrive in this run.
+    pub fn bridged(&self, direction: &'static str, timing: Option<crate::latency::Breakdown>) {
         self.with(|s| {
             *s.bridged.entry(direction).or_default() += 1;
-            s.latency
-                .entry(direction)
-                .or_default()
-                .observe(elapsed.as_secs_f64());
-            if let Some(r) = received_ms {
-                let now = crate::runtime::now_ms();
-                s.end_to_end
-                    .entry(direction)
-                    .or_default()
-                    .observe(((now - r).max(0) as f64) / 1000.0);
+            if let Some(t) = timing {
+                let h = s.latency.entry(direction).or_default();
+                for (i, d) in [t.total, t.queue, t.remote, t.bridge]
+                    .into_iter()
+                    .enumerate()
+                {
+                    h[i].observe(d.as_secs_f64());
+                }
             }
         });
     }
@@ -111,18 +111,17 @@ impl Metrics {
             for (st, n) in by_state {
                 let _ = writeln!(out, "messenger_bridge_sessions{{state=\"{st}\"}} {n}");
             }
-            for (name, help, hists) in [
-                ("messenger_bridge_delivery_seconds", "Time to deliver one message once taken from the outbox.", &s.latency),
-                ("messenger_bridge_end_to_end_seconds", "Time from the bridge receiving a message to the other side accepting it.", &s.end_to_end),
-            ] {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-                for (d, h) in hists {
+            let name = "messenger_bridge_latency_seconds";
+            let _ = writeln!(out, "# HELP {name} Time from the bridge receiving a message to the other side accepting it (part=total), split into waiting behind earlier messages of the portal (queue), the other side's request time (remote) and the bridge's own share (bridge).\n# TYPE {name} histogram");
+            for (d, hists) in &s.latency {
+                for (part, h) in PARTS.iter().zip(hists) {
+                    let labels = format!("direction=\"{d}\",part=\"{part}\"");
                     for (i, b) in BUCKETS.iter().enumerate() {
-                        let _ = writeln!(out, "{name}_bucket{{direction=\"{d}\",le=\"{b}\"}} {}", h.counts[i]);
+                        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {}", h.counts[i]);
                     }
-                    let _ = writeln!(out, "{name}_bucket{{direction=\"{d}\",le=\"+Inf\"}} {}", h.count);
-                    let _ = writeln!(out, "{name}_sum{{direction=\"{d}\"}} {}", h.sum);
-                    let _ = writeln!(out, "{name}_count{{direction=\"{d}\"}} {}", h.count);
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+                    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+                    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
                 }
             }
         });

@@ -2,6 +2,7 @@
 //! avatar before it says anything; a portal is a DM room per (linked user, contact), created on
 //! the first message either way.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ruma::api::client::room::create_room;
@@ -126,25 +127,15 @@ impl Bridge {
     ) -> Result<OwnedRoomId, MatrixError> {
         let inner = &self.inner;
         let jid = contact.to_string();
-        let key = (account.to_owned(), jid.clone());
-        if let Some(room) = inner
-            .portal_rooms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(room.clone());
+        if let Some(room) = self.portals().room(account, &jid) {
+            return Ok(room);
         }
         let lock = self.lock_for(&format!("portal|{account}|{jid}"));
         let _guard = lock.lock().await;
         if let Some(p) = inner.store.portal(account, &jid).await.map_err(store_err)?
             && let Ok(room) = RoomId::parse(&p.room_id)
         {
-            inner
-                .portal_rooms
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key, room.clone());
+            self.portals().insert(account, &jid, &room);
             return Ok(room);
         }
         let ghost = inner.ghosts.user_id(contact);
@@ -173,11 +164,7 @@ impl Bridge {
             .await
             .map_err(store_err)?;
         tracing::info!(user = account, contact = %jid, room = %room, "created a portal");
-        inner
-            .portal_rooms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, room.clone());
+        self.portals().insert(account, &jid, &room);
         Ok(room)
     }
 
@@ -209,5 +196,73 @@ pub(crate) fn store_err(e: store::Error) -> MatrixError {
     MatrixError::Unreachable {
         url: "the bridge's database".into(),
         reason: e.to_string(),
+    }
+}
+
+/// The portals known in this run, both ways: (user, contact) → room and room → portal. Filled
+/// from the store on first use, so the per-message path does no database read.
+#[derive(Debug, Default)]
+pub(crate) struct PortalCache {
+    rooms: HashMap<(String, String), OwnedRoomId>,
+    by_room: HashMap<String, (String, String)>,
+}
+
+impl PortalCache {
+    pub(crate) fn room(&self, user: &str, contact: &str) -> Option<OwnedRoomId> {
+        self.rooms
+            .get(&(user.to_owned(), contact.to_owned()))
+            .cloned()
+    }
+
+    /// `(user, contact)` of a portal room.
+    pub(crate) fn portal(&self, room: &str) -> Option<(String, String)> {
+        self.by_room.get(room).cloned()
+    }
+
+    pub(crate) fn insert(&mut self, user: &str, contact: &str, room: &RoomId) {
+        let key = (user.to_owned(), contact.to_owned());
+        if let Some(old) = self.rooms.insert(key.clone(), room.to_owned()) {
+            self.by_room.remove(old.as_str());
+        }
+        self.by_room.insert(room.to_string(), key);
+    }
+
+    pub(crate) fn remove_room(&mut self, room: &str) {
+        if let Some(key) = self.by_room.remove(room) {
+            self.rooms.remove(&key);
+        }
+    }
+
+    /// Forgets every portal of a user (after logout).
+    pub(crate) fn remove_user(&mut self, user: &str) {
+        self.rooms.retain(|(u, _), _| u != user);
+        self.by_room.retain(|_, (u, _)| u != user);
+    }
+}
+
+impl Bridge {
+    /// The portal cache, locked.
+    pub(crate) fn portals(&self) -> std::sync::MutexGuard<'_, PortalCache> {
+        self.inner
+            .portals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `(user, contact)` of a portal room, from the cache or the store.
+    pub(crate) async fn portal_by_room(
+        &self,
+        room_id: &str,
+    ) -> Result<Option<(String, String)>, store::Error> {
+        if let Some(p) = self.portals().portal(room_id) {
+            return Ok(Some(p));
+        }
+        let Some(p) = self.inner.store.portal_by_room(room_id).await? else {
+            return Ok(None);
+        };
+        if let Ok(room) = RoomId::parse(&p.room_id) {
+            self.portals().insert(&p.matrix_user, &p.contact_jid, &room);
+        }
+        Ok(Some((p.matrix_user, p.contact_jid)))
     }
 }

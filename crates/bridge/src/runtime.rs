@@ -12,12 +12,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ruma::presence::PresenceState;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
-use store::{ClaimedItem, Direction, Enqueued, Store};
+use store::{ClaimedItem, Direction, Queued, Store};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use xmpp_core::manager::{
     AccountConfig, AccountEvent, ConnectionState, ManagerEvent, SessionManager,
@@ -36,9 +36,19 @@ use crate::matrix::{MatrixClient, MatrixError, client::user_id};
 /// with; lets a retry find out whether an earlier attempt went through.
 const TXN_MARKER: &str = "net.messenger-bridge.txn";
 /// How long a claimed outbox item is ours before another worker may take it over.
-const LEASE: Duration = Duration::from_secs(120);
+pub(crate) const LEASE: Duration = Duration::from_secs(120);
 /// Matrix caps events at 64 KiB; keep message bodies well inside.
 const MAX_MATRIX_BODY: usize = 48 * 1024;
+
+/// How a delivery attempt ended, for [`Bridge::delivery_ended`].
+enum DeliveryEnd {
+    /// A message reached the other side at `done`, `remote` of it spent waiting for that side.
+    Message { remote: Duration, done: Instant },
+    /// Something else was delivered, or the item was given up: the queue moves on.
+    Other,
+    /// The item will be tried again later: the queue stays blocked.
+    Retry,
+}
 
 /// Shared state of the bridge. Cheap to clone.
 #[derive(Clone)]
@@ -71,13 +81,18 @@ pub(crate) struct Inner {
     /// Contacts whose ghost is set up (registered, named) in this run: the hot path skips the
     /// store for them.
     pub(crate) ghosts_ready: Mutex<HashSet<String>>,
-    /// Portal rooms by (user, contact), as stored.
-    pub(crate) portal_rooms: Mutex<HashMap<(String, String), ruma::OwnedRoomId>>,
+    /// Portal rooms both ways, as stored.
+    pub(crate) portals: Mutex<crate::portal::PortalCache>,
     /// The linked users' last Matrix presence sent to XMPP.
     user_presence: Mutex<HashMap<String, (String, Option<String>)>>,
     /// Connection state per user and whether its disconnect was announced.
     pub(crate) states: Mutex<HashMap<String, (ConnectionState, bool)>>,
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Receive times of messages in flight, for the latency metrics.
+    pub(crate) timings: crate::latency::Timings,
+    /// Queues with an item waiting behind one in flight: when that one ends, the delivery loop
+    /// is woken to claim the next.
+    waiting: Mutex<HashSet<(Direction, String)>>,
     profile_sync: Semaphore,
     /// Logins in progress.
     pub(crate) logins: crate::linking::Logins,
@@ -148,10 +163,12 @@ impl Bridge {
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),
                 ghosts_ready: Mutex::default(),
-                portal_rooms: Mutex::default(),
+                portals: Mutex::default(),
                 user_presence: Mutex::default(),
                 states: Mutex::default(),
                 metrics: crate::metrics::Metrics::default(),
+                timings: crate::latency::Timings::default(),
+                waiting: Mutex::default(),
                 profile_sync: Semaphore::new(4),
                 logins: crate::linking::Logins::new(link_lifetime),
                 oauth,
@@ -300,6 +317,7 @@ impl Bridge {
     }
 
     async fn on_xmpp_message(&self, account: &str, m: Message) {
+        let arrived = Instant::now();
         let Some(from) = m.from.as_ref().map(Jid::to_bare) else {
             return;
         };
@@ -313,7 +331,7 @@ impl Bridge {
                 self.inner.metrics.failure("xmpp_error_reply");
                 let payload = json!({"kind": "notice", "user": account, "contact": contact,
                     "text": format!("⚠ Your message was not delivered: {reason}")});
-                self.enqueue_to_matrix(account, &contact, &payload, None)
+                self.enqueue_to_matrix(account, &contact, &payload, None, Instant::now())
                     .await;
                 return;
             }
@@ -344,16 +362,19 @@ impl Bridge {
         };
         let payload = json!({"kind": "message", "user": account, "contact": contact, "body": body,
             "ts": ts, "stanza_id": m.id, "received": received});
-        self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe))
+        self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
             .await;
     }
 
+    /// Records a stanza for delivery to Matrix, retrying until the store has it, and starts
+    /// its delivery at once if its portal is idle. `arrived` is when the stanza was received.
     async fn enqueue_to_matrix(
         &self,
         account: &str,
         contact: &str,
         payload: &Value,
         dedupe: Option<&str>,
+        arrived: Instant,
     ) {
         let queue = format!("{account}|{contact}");
         let bytes = serde_json::to_vec(payload).unwrap_or_default();
@@ -363,13 +384,26 @@ impl Bridge {
             match self
                 .inner
                 .store
-                .enqueue(Direction::ToMatrix, &queue, &bytes, dedupe)
+                .enqueue_and_claim(Direction::ToMatrix, &queue, &bytes, dedupe, LEASE)
                 .await
             {
-                Ok(Enqueued::Added(_)) => break,
-                Ok(Enqueued::Duplicate(_)) => {
+                Ok(Queued::Claimed(item)) => {
+                    if let Some(key) = dedupe {
+                        self.note_received(Direction::ToMatrix, key, arrived);
+                    }
+                    self.dispatch(item);
+                    return;
+                }
+                Ok(Queued::Waiting(_)) => {
+                    if let Some(key) = dedupe {
+                        self.note_received(Direction::ToMatrix, key, arrived);
+                    }
+                    self.queue_waiting(Direction::ToMatrix, &queue);
+                    return;
+                }
+                Ok(Queued::Duplicate(_)) => {
                     tracing::debug!(user = %account, contact, "a stanza we already have; not bridged twice");
-                    break;
+                    return;
                 }
                 Err(e) => {
                     tracing::error!(user = %account, error = %e, "cannot record an incoming message; retrying");
@@ -378,15 +412,23 @@ impl Bridge {
                 }
             }
         }
-        self.inner.wake_to_matrix.notify_one();
     }
 
     async fn set_ghost_typing(&self, account: &str, contact: &Jid, typing: bool) {
-        let Ok(Some(portal)) = self.inner.store.portal(account, &contact.to_string()).await else {
-            return;
-        };
-        let Ok(room) = ruma::RoomId::parse(&portal.room_id) else {
-            return;
+        let jid = contact.to_string();
+        let cached = self.portals().room(account, &jid);
+        let room = match cached {
+            Some(room) => room,
+            None => {
+                let Ok(Some(portal)) = self.inner.store.portal(account, &jid).await else {
+                    return;
+                };
+                let Ok(room) = ruma::RoomId::parse(&portal.room_id) else {
+                    return;
+                };
+                self.portals().insert(account, &jid, &room);
+                room
+            }
         };
         let ghost = self.inner.ghosts.user_id(contact);
         {
@@ -493,77 +535,131 @@ impl Bridge {
         Ok(())
     }
 
-    /// Claims outbox items of one direction and delivers them, concurrently across queues (the
-    /// store hands out one item per queue at a time, so each portal stays in order).
+    /// Claims outbox items of one direction and delivers them, concurrently across queues. The
+    /// store hands out only a queue's head, never an item behind one in flight, so each portal
+    /// stays in order; the loop claims again as soon as any delivery ends, so a slow portal
+    /// never holds up the others.
     async fn deliver_forever(self, direction: Direction) {
+        // Claims always ask for the same number of items: SQLite re-plans a statement whose
+        // LIMIT value changes. Up to 2×BATCH-1 deliveries may be in flight.
+        const BATCH: u32 = 32;
+        let wake = match direction {
+            Direction::ToMatrix => &self.inner.wake_to_matrix,
+            Direction::ToXmpp => &self.inner.wake_to_xmpp,
+        };
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
-            let items = match self.inner.store.claim(direction, 32, LEASE).await {
-                Ok(items) => items,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-            };
-            if items.is_empty() {
-                let wake = match direction {
-                    Direction::ToMatrix => &self.inner.wake_to_matrix,
-                    Direction::ToXmpp => &self.inner.wake_to_xmpp,
-                };
-                let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
-                continue;
-            }
-            let mut tasks = tokio::task::JoinSet::new();
-            for item in items {
-                let this = self.clone();
-                tasks.spawn(async move {
-                    match direction {
-                        Direction::ToMatrix => this.deliver_to_matrix(item).await,
-                        Direction::ToXmpp => this.deliver_to_xmpp(item).await,
+            if tasks.len() < BATCH as usize {
+                match self.inner.store.claim(direction, BATCH, LEASE).await {
+                    Ok(items) => {
+                        for item in items {
+                            let this = self.clone();
+                            tasks.spawn(async move {
+                                match direction {
+                                    Direction::ToMatrix => this.deliver_to_matrix(item).await,
+                                    Direction::ToXmpp => this.deliver_to_xmpp(item).await,
+                                }
+                            });
+                        }
                     }
-                });
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the outbox; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
             }
-            while tasks.join_next().await.is_some() {}
+            tokio::select! {
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Bookkeeping once an item left the bridge: its portal may go on, and a message delivered
+    /// on its first attempt feeds the latency metrics.
+    fn delivery_ended(&self, item: &ClaimedItem, outcome: DeliveryEnd) {
+        let timings = &self.inner.timings;
+        let received = item
+            .dedupe_key
+            .as_deref()
+            .and_then(|key| timings.take_received(item.direction, key));
+        let now = Instant::now();
+        let queue_free = timings.queue_free(item.direction, &item.queue_key);
+        if !matches!(outcome, DeliveryEnd::Retry) {
+            timings.queue_done(item.direction, &item.queue_key, now);
+            let next_waits = self
+                .inner
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&(item.direction, item.queue_key.clone()));
+            if next_waits {
+                self.wake(item.direction);
+            }
+        }
+        if let DeliveryEnd::Message { remote, done } = outcome {
+            let timing = received
+                .filter(|_| item.attempts == 1)
+                .map(|r| crate::latency::Breakdown::new(r, queue_free, remote, done));
+            let label = match item.direction {
+                Direction::ToMatrix => "xmpp_to_matrix",
+                Direction::ToXmpp => "matrix_to_xmpp",
+            };
+            self.inner.metrics.bridged(label, timing);
         }
     }
 
     async fn deliver_to_matrix(&self, item: ClaimedItem) {
-        let started = std::time::Instant::now();
         let payload: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
-        let result = self.send_to_matrix(&item, &payload).await;
+        let mut remote = Duration::ZERO;
+        let result = self.send_to_matrix(&item, &payload, &mut remote).await;
         let store = &self.inner.store;
         match result {
-            Ok(()) => {
-                if let Err(e) = store.ack(&item).await {
+            Ok(mapping) => {
+                let done = Instant::now();
+                let mapping = mapping
+                    .as_ref()
+                    .map(|(room, event, stanza)| (room.as_str(), event.as_str(), stanza.as_str()));
+                if let Err(e) = store.ack_with_mapping(&item, mapping).await {
                     tracing::warn!(error = %e, "could not acknowledge a delivered item");
                 }
-                if payload["kind"] == "message" {
-                    self.inner.metrics.bridged(
-                        "xmpp_to_matrix",
-                        started.elapsed(),
-                        payload["received"].as_i64(),
-                    );
-                }
+                let outcome = if payload["kind"] == "message" {
+                    DeliveryEnd::Message { remote, done }
+                } else {
+                    DeliveryEnd::Other
+                };
+                self.delivery_ended(&item, outcome);
             }
             Err(e) if e.is_transient() => {
                 let delay = retry_delay(item.attempts);
                 tracing::warn!(queue = %item.queue_key, error = %e, retry_in = ?delay, "delivery to Matrix failed; will retry");
-                if let Ok(store::RetryOutcome::GaveUp) =
-                    store.retry(&item, &e.to_string(), delay).await
-                {
-                    self.inner.metrics.failure("matrix_gave_up");
-                    tracing::error!(queue = %item.queue_key, error = %e, "gave up delivering a message to Matrix");
+                match store.retry(&item, &e.to_string(), delay).await {
+                    Ok(store::RetryOutcome::GaveUp) => {
+                        self.inner.metrics.failure("matrix_gave_up");
+                        tracing::error!(queue = %item.queue_key, error = %e, "gave up delivering a message to Matrix");
+                        self.delivery_ended(&item, DeliveryEnd::Other);
+                    }
+                    _ => self.delivery_ended(&item, DeliveryEnd::Retry),
                 }
             }
             Err(e) => {
                 self.inner.metrics.failure("matrix_refused");
                 tracing::error!(queue = %item.queue_key, error = %e, "Matrix refused a message; not retrying");
                 let _ = store.give_up(&item, &e.to_string()).await;
+                self.delivery_ended(&item, DeliveryEnd::Other);
             }
         }
     }
 
-    async fn send_to_matrix(&self, item: &ClaimedItem, payload: &Value) -> Result<(), MatrixError> {
+    /// Sends one outbox item to Matrix; `remote` accumulates the time spent waiting for the
+    /// homeserver. Returns the `(room, event, stanza id)` mapping of a bridged message.
+    async fn send_to_matrix(
+        &self,
+        item: &ClaimedItem,
+        payload: &Value,
+        remote: &mut Duration,
+    ) -> Result<Option<(String, String, String)>, MatrixError> {
         let (Some(user), Some(contact)) = (payload["user"].as_str(), payload["contact"].as_str())
         else {
             return Err(MatrixError::Invalid {
@@ -586,7 +682,10 @@ impl Bridge {
                 // A retry may follow an attempt the homeserver did accept (its answer was lost,
                 // or it restarted and forgot the transaction id): look for our own marker first.
                 let already = if item.attempts > 1 {
-                    self.inner.matrix.recent_events(&ghost, &room, 100).await?
+                    let t = Instant::now();
+                    let events = self.inner.matrix.recent_events(&ghost, &room, 100).await?;
+                    *remote += t.elapsed();
+                    events
                 } else {
                     Vec::new()
                 };
@@ -613,20 +712,21 @@ impl Bridge {
                             }
                         })?,
                     );
+                    let t = Instant::now();
                     let event = self
                         .inner
                         .matrix
                         .send_message(&ghost, &room, &txn, raw, "m.room.message", ts)
                         .await?;
+                    *remote += t.elapsed();
                     last_event = Some(event);
                 }
-                if let (Some(event), Some(stanza)) = (last_event, payload["stanza_id"].as_str()) {
-                    let _ = self
-                        .inner
-                        .store
-                        .map_message(room.as_str(), event.as_str(), stanza)
-                        .await;
-                }
+                let mapping = match (last_event, payload["stanza_id"].as_str()) {
+                    (Some(event), Some(stanza)) => {
+                        Some((room.to_string(), event.to_string(), stanza.to_owned()))
+                    }
+                    _ => None,
+                };
                 // A message ends typing (XEP-0085 §5.3), if the ghost was shown typing.
                 let was_typing = self
                     .inner
@@ -635,12 +735,15 @@ impl Bridge {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&format!("{room}|{ghost}"));
                 if was_typing {
+                    let t = Instant::now();
                     let _ = self
                         .inner
                         .matrix
                         .set_typing(&ghost, &room, false, Duration::from_secs(1))
                         .await;
+                    *remote += t.elapsed();
                 }
+                Ok(mapping)
             }
             Some("notice") => {
                 let text = payload["text"].as_str().unwrap_or("⚠");
@@ -663,49 +766,58 @@ impl Bridge {
                         None,
                     )
                     .await?;
+                Ok(None)
             }
-            other => {
-                return Err(MatrixError::Invalid {
-                    what: "an outbox item",
-                    reason: format!("unknown kind {other:?}"),
-                });
-            }
+            other => Err(MatrixError::Invalid {
+                what: "an outbox item",
+                reason: format!("unknown kind {other:?}"),
+            }),
         }
-        Ok(())
     }
 
     // ---------------------------------------------------------------- Matrix → XMPP
 
     async fn deliver_to_xmpp(&self, item: ClaimedItem) {
-        let started = std::time::Instant::now();
         let event: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
         let store = &self.inner.store;
         match crate::events::handle_matrix_event(self, &event).await {
             Ok(delivered) => {
-                let _ = store.ack(&item).await;
-                if delivered {
-                    self.inner.metrics.bridged(
-                        "matrix_to_xmpp",
-                        started.elapsed(),
-                        Some(item.created_at),
-                    );
+                let done = Instant::now();
+                let mapping = delivered
+                    .as_ref()
+                    .map(|(room, event, stanza)| (room.as_str(), event.as_str(), stanza.as_str()));
+                if let Err(e) = store.ack_with_mapping(&item, mapping).await {
+                    tracing::warn!(error = %e, "could not acknowledge a delivered item");
                 }
+                let outcome = if delivered.is_some() {
+                    DeliveryEnd::Message {
+                        remote: Duration::ZERO,
+                        done,
+                    }
+                } else {
+                    DeliveryEnd::Other
+                };
+                self.delivery_ended(&item, outcome);
             }
             Err(crate::events::HandleError::Retry(reason)) => {
                 let delay = retry_delay(item.attempts);
                 tracing::info!(room = %item.queue_key, %reason, retry_in = ?delay, "cannot deliver to XMPP yet; will retry");
                 if let Ok(store::RetryOutcome::GaveUp) = store.retry(&item, &reason, delay).await {
                     self.inner.metrics.failure("xmpp_gave_up");
+                    self.delivery_ended(&item, DeliveryEnd::Other);
                     self.notice_in_room(
                         &item.queue_key,
                         &format!("⚠ Your message was not delivered: {reason}"),
                     )
                     .await;
+                } else {
+                    self.delivery_ended(&item, DeliveryEnd::Retry);
                 }
             }
             Err(crate::events::HandleError::Fail(reason)) => {
                 self.inner.metrics.failure("xmpp_refused");
                 let _ = store.give_up(&item, &reason).await;
+                self.delivery_ended(&item, DeliveryEnd::Other);
                 self.notice_in_room(
                     &item.queue_key,
                     &format!("⚠ Your message was not delivered: {reason}"),
@@ -715,10 +827,45 @@ impl Bridge {
         }
     }
 
+    /// Remembers when a message to be delivered under `key` (its outbox dedupe key) arrived,
+    /// for the latency metrics.
+    pub(crate) fn note_received(&self, direction: Direction, key: &str, at: Instant) {
+        self.inner.timings.received(direction, key, at);
+    }
+
+    /// An item was recorded behind another of its queue still in flight.
+    pub(crate) fn queue_waiting(&self, direction: Direction, queue: &str) {
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((direction, queue.to_owned()));
+        self.wake(direction);
+    }
+
+    fn wake(&self, direction: Direction) {
+        match direction {
+            Direction::ToMatrix => self.inner.wake_to_matrix.notify_one(),
+            Direction::ToXmpp => self.inner.wake_to_xmpp.notify_one(),
+        }
+    }
+
+    /// Delivers an item claimed outside the delivery loop (recorded at the head of an idle
+    /// queue), in its own task.
+    pub(crate) fn dispatch(&self, item: ClaimedItem) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            match item.direction {
+                Direction::ToMatrix => this.deliver_to_matrix(item).await,
+                Direction::ToXmpp => this.deliver_to_xmpp(item).await,
+            }
+        });
+    }
+
     /// Posts a notice in a room as the portal's ghost (or the bot elsewhere).
     pub(crate) async fn notice_in_room(&self, room_id: &str, text: &str) {
-        let sender = match self.inner.store.portal_by_room(room_id).await {
-            Ok(Some(p)) => Jid::parse(&p.contact_jid).map_or_else(
+        let sender = match self.portal_by_room(room_id).await {
+            Ok(Some((_, contact))) => Jid::parse(&contact).map_or_else(
                 |_| self.inner.bot.clone(),
                 |j| self.inner.ghosts.user_id(&j),
             ),
@@ -889,12 +1036,12 @@ impl Bridge {
                 let Some(room) = data["room_id"].as_str() else {
                     return;
                 };
-                let Ok(Some(portal)) = inner.store.portal_by_room(room).await else {
+                let Ok(Some((portal_user, portal_contact))) = self.portal_by_room(room).await
+                else {
                     return;
                 };
                 let typing = data["content"]["user_ids"].as_array().is_some_and(|ids| {
-                    ids.iter()
-                        .any(|u| u.as_str() == Some(portal.matrix_user.as_str()))
+                    ids.iter().any(|u| u.as_str() == Some(portal_user.as_str()))
                 });
                 let changed = {
                     let mut set = inner
@@ -910,7 +1057,7 @@ impl Bridge {
                 if !changed {
                     return;
                 }
-                let Ok(contact) = Jid::parse(&portal.contact_jid) else {
+                let Ok(contact) = Jid::parse(&portal_contact) else {
                     return;
                 };
                 let state = if typing {
@@ -920,7 +1067,7 @@ impl Bridge {
                 };
                 if let Err(e) = inner
                     .xmpp
-                    .send_message(&portal.matrix_user, &Message::chat_state(contact, state))
+                    .send_message(&portal_user, &Message::chat_state(contact, state))
                     .await
                 {
                     tracing::debug!(error = %e, "could not send a chat state");

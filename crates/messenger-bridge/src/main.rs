@@ -161,6 +161,10 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let mut config = StoreConfig::new(settings.database.url.clone(), keyring);
     config.max_connections = settings.database.max_connections;
     config.connect_attempts = settings.database.connect_attempts.max(1);
+    config.sqlite_sync = match settings.database.sqlite_synchronous {
+        settings::SqliteSynchronous::Full => store::SqliteSync::Full,
+        settings::SqliteSynchronous::Normal => store::SqliteSync::Normal,
+    };
     Ok(Store::open(config).await?)
 }
 

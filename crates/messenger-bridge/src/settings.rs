@@ -29,6 +29,18 @@ pub(crate) struct DatabaseSettings {
     /// Connection attempts at start (with backoff) before giving up.
     #[serde(default = "default_connect_attempts")]
     pub(crate) connect_attempts: u32,
+    /// SQLite only: `full` or `normal` (see config.example.yaml).
+    #[serde(default)]
+    pub(crate) sqlite_synchronous: SqliteSynchronous,
+}
+
+/// `database.sqlite_synchronous`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SqliteSynchronous {
+    #[default]
+    Full,
+    Normal,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,16 +20,30 @@ use crate::error::{Error, QueryContext as _, Result};
 
 /// The schema migrations, embedded at build time. Every file in `migrations/<backend>/` must be
 /// listed here (a unit test checks); the version is the file's numeric prefix.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/sqlite/0001_initial.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/postgres/0001_initial.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "outbox claim by queue",
+        include_str!("../../../migrations/sqlite/0002_outbox_claim_by_queue.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "outbox claim by queue",
+        include_str!("../../../migrations/postgres/0002_outbox_claim_by_queue.sql"),
+    ),
+];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(
@@ -76,8 +90,8 @@ pub(crate) trait PoolExt {
     /// Starts a write transaction. SQLite: `BEGIN IMMEDIATE` so the write lock is taken up
     /// front (a deferred transaction that reads then writes can fail with SQLITE_BUSY).
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>>;
-    /// The outbox claim statement.
-    fn claim_sql(&self) -> &'static str;
+    /// The outbox claim statement for a direction.
+    fn claim_sql(&self, direction: crate::Direction) -> &'static str;
 }
 
 impl PoolExt for SqlitePool {
@@ -87,8 +101,12 @@ impl PoolExt for SqlitePool {
             .await
             .ctx("begin a write transaction")
     }
-    fn claim_sql(&self) -> &'static str {
-        crate::outbox::CLAIM_SQLITE
+    fn claim_sql(&self, direction: crate::Direction) -> &'static str {
+        let [to_xmpp, to_matrix] = crate::outbox::CLAIM_SQLITE;
+        match direction {
+            crate::Direction::ToXmpp => to_xmpp,
+            crate::Direction::ToMatrix => to_matrix,
+        }
     }
 }
 
@@ -97,8 +115,12 @@ impl PoolExt for PgPool {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         self.begin().await.ctx("begin a write transaction")
     }
-    fn claim_sql(&self) -> &'static str {
-        crate::outbox::CLAIM_POSTGRES
+    fn claim_sql(&self, direction: crate::Direction) -> &'static str {
+        let [to_xmpp, to_matrix] = crate::outbox::CLAIM_POSTGRES;
+        match direction {
+            crate::Direction::ToXmpp => to_xmpp,
+            crate::Direction::ToMatrix => to_matrix,
+        }
     }
 }
 
@@ -145,7 +167,11 @@ pub(crate) async fn connect(url: &DatabaseUrl, config: &StoreConfig) -> Result<B
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a committed outbox entry survives power loss, not just a crash.
-                .synchronous(SqliteSynchronous::Full)
+                // NORMAL (in WAL mode): it survives a crash of the bridge, not of the machine.
+                .synchronous(match config.sqlite_sync {
+                    crate::SqliteSync::Full => SqliteSynchronous::Full,
+                    crate::SqliteSync::Normal => SqliteSynchronous::Normal,
+                })
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
             retry(config, &redacted, || async {
@@ -291,6 +317,55 @@ impl_applied_versions!(PgPool);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database of the first schema version with items waiting in the outbox is upgraded in
+    /// place, and the waiting items are then claimed in order.
+    #[tokio::test]
+    async fn a_version_1_database_with_a_backlog_is_upgraded() {
+        let dir = std::env::temp_dir().join(format!("store-upgrade-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("v1.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(opts).await.unwrap();
+        migrator(&SQLITE_MIGRATIONS[..1]).run(&pool).await.unwrap();
+        for (q, p) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
+            sqlx::query(crate::outbox::INSERT_ITEM)
+                .bind("to_matrix")
+                .bind(q)
+                .bind(None::<&str>)
+                .bind(p.as_bytes())
+                .bind(0_i64)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+
+        let config = StoreConfig::new(
+            url,
+            crate::Keyring::new(crate::StoreKey::new("k", [1; 32]).unwrap()),
+        );
+        let store = crate::Store::open(config).await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let items = store
+                .claim(crate::Direction::ToMatrix, 10, Duration::from_secs(60))
+                .await
+                .unwrap();
+            if items.is_empty() {
+                break;
+            }
+            for item in items {
+                seen.push(String::from_utf8(item.payload.clone()).unwrap());
+                store.ack(&item).await.unwrap();
+            }
+        }
+        assert_eq!(seen, ["a1", "b1", "a2"]);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn every_migration_file_is_embedded() {

@@ -21,7 +21,7 @@ pub use crypto::{Keyring, StoreKey};
 pub use database_url::DatabaseUrl;
 pub use error::{Error, Result};
 pub use ghosts::Ghost;
-pub use outbox::{ClaimedItem, Direction, Enqueued, FailedItem, RetryOutcome};
+pub use outbox::{ClaimedItem, Direction, Enqueued, FailedItem, Queued, RetryOutcome};
 pub use portals::{MessageMapping, Portal};
 pub use txns::TxnStatus;
 pub use users::{LinkedUser, OAuthTokens, RotationReport, SecretSlot, ServerProfile};
@@ -45,6 +45,19 @@ pub struct StoreConfig {
     pub connect_backoff_max: Duration,
     /// How many delivery attempts an outbox item gets before it is given up as failed.
     pub outbox_max_attempts: u32,
+    /// SQLite only: when a commit is synced to disk.
+    pub sqlite_sync: SqliteSync,
+}
+
+/// When SQLite syncs a commit to disk (`PRAGMA synchronous` in WAL mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// Every commit is synced: a recorded message survives a power cut.
+    #[default]
+    Full,
+    /// Synced at WAL checkpoints only: a recorded message survives a crash or kill of the
+    /// bridge, but the last commits can be lost if the machine loses power. Cheaper per commit.
+    Normal,
 }
 
 impl StoreConfig {
@@ -58,6 +71,7 @@ impl StoreConfig {
             connect_backoff: Duration::from_millis(500),
             connect_backoff_max: Duration::from_secs(30),
             outbox_max_attempts: 10,
+            sqlite_sync: SqliteSync::Full,
         }
     }
 }

@@ -49,6 +49,17 @@ impl Enqueued {
     }
 }
 
+/// The result of [`Store::enqueue_and_claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Queued {
+    /// Added at the head of an idle queue and claimed at once: deliver it now.
+    Claimed(ClaimedItem),
+    /// Added behind unfinished items of its queue; a later [`Store::claim`] hands it out.
+    Waiting(i64),
+    /// An item with the same dedupe key already exists; nothing added.
+    Duplicate(i64),
+}
+
 /// An item handed out by [`Store::claim`]; pass it back to ack, retry or give up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimedItem {
@@ -99,40 +110,77 @@ pub struct FailedItem {
     pub failed_at: Option<i64>,
 }
 
-const INSERT_ITEM: &str = "INSERT INTO outbox (direction, queue_key, dedupe_key, payload, \
+pub(crate) const INSERT_ITEM: &str = "INSERT INTO outbox (direction, queue_key, dedupe_key, payload, \
     state, attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) \
     ON CONFLICT (direction, dedupe_key) DO NOTHING RETURNING id";
+/// Enqueues and, if the queue has nothing unfinished (the new item is its head), claims it in
+/// the same statement. `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join.
+const INSERT_CLAIMED_IF_HEAD: &str = "INSERT INTO outbox (direction, queue_key, dedupe_key, \
+    payload, state, attempts, next_attempt_at, created_at, lease_token, lease_until) \
+    SELECT $1, $2, $3, $4, CASE WHEN h.busy THEN 'pending' ELSE 'claimed' END, \
+    CASE WHEN h.busy THEN 0 ELSE 1 END, $5, $5, \
+    CASE WHEN h.busy THEN NULL ELSE $6 END, CASE WHEN h.busy THEN NULL ELSE $7 END \
+    FROM (SELECT EXISTS (SELECT 1 FROM outbox WHERE direction = $1 AND queue_key = $2 \
+      AND state IN ('pending', 'claimed')) AS busy) h WHERE true \
+    ON CONFLICT (direction, dedupe_key) DO NOTHING RETURNING id, state";
 const SELECT_BY_DEDUPE: &str = "SELECT id FROM outbox WHERE direction = $1 AND dedupe_key = $2";
 
-/// Claims queue heads that are due. The inner SELECT picks, per queue, the oldest unfinished
-/// item, and only if it is pending and due or claimed with an expired lease. Conditions are on
-/// `o` itself so PostgreSQL re-checks them on the locked row version.
+/// Claims queue heads that are due. `queues` walks the distinct queues that have unfinished
+/// items (a loose index scan: one seek per queue on `outbox_unfinished`), `heads` takes each
+/// one's oldest unfinished item, and only heads that are pending and due, or claimed with an
+/// expired lease, are claimed. The cost grows with the number of queues, not with the backlog.
+/// Conditions are repeated on the updated row so PostgreSQL re-checks them on the locked row
+/// version.
 macro_rules! claim_sql {
-    ($lock:literal) => {
+    ($dir:literal, $lock:literal) => {
         concat!(
-            "UPDATE outbox SET state = 'claimed', lease_token = $4, lease_until = $5, \
-             attempts = attempts + 1 \
+            "WITH RECURSIVE queues(k) AS ( \
+               SELECT MIN(queue_key) FROM outbox \
+                 WHERE direction = '",
+            $dir,
+            "' AND state IN ('pending', 'claimed') \
+               UNION ALL \
+               SELECT (SELECT MIN(i.queue_key) FROM outbox i WHERE i.direction = '",
+            $dir,
+            "' \
+                   AND i.state IN ('pending', 'claimed') AND i.queue_key > queues.k) \
+                 FROM queues WHERE queues.k IS NOT NULL), \
+             heads(id) AS ( \
+               SELECT (SELECT MIN(h.id) FROM outbox h WHERE h.direction = '",
+            $dir,
+            "' \
+                   AND h.queue_key = queues.k AND h.state IN ('pending', 'claimed')) \
+                 FROM queues WHERE queues.k IS NOT NULL) \
+             UPDATE outbox SET state = 'claimed', lease_token = $3, lease_until = $4, \
+               attempts = attempts + 1 \
              WHERE id IN (SELECT o.id FROM outbox o \
-               WHERE o.direction = $1 AND o.state IN ('pending', 'claimed') \
-               AND ((o.state = 'pending' AND o.next_attempt_at <= $2) \
-                 OR (o.state = 'claimed' AND o.lease_until <= $2)) \
-               AND o.id = (SELECT MIN(i.id) FROM outbox i WHERE i.direction = o.direction \
-                 AND i.queue_key = o.queue_key AND i.state IN ('pending', 'claimed')) \
-               ORDER BY o.id LIMIT $3",
+               WHERE o.id IN (SELECT id FROM heads) \
+               AND ((o.state = 'pending' AND o.next_attempt_at <= $1) \
+                 OR (o.state = 'claimed' AND o.lease_until <= $1)) \
+               ORDER BY o.id LIMIT $2",
             $lock,
-            ") AND ((state = 'pending' AND next_attempt_at <= $2) \
-               OR (state = 'claimed' AND lease_until <= $2)) \
+            ") AND ((state = 'pending' AND next_attempt_at <= $1) \
+               OR (state = 'claimed' AND lease_until <= $1)) \
              RETURNING id, queue_key, dedupe_key, payload, attempts, created_at"
         )
     };
 }
-/// SQLite: run inside `BEGIN IMMEDIATE`, so the whole claim holds the write lock.
-pub(crate) const CLAIM_SQLITE: &str = claim_sql!("");
+/// SQLite: run inside `BEGIN IMMEDIATE`, so the whole claim holds the write lock. Per
+/// direction: SQLite re-plans a cached statement when a parameter its plan looked at changes,
+/// and the two delivery loops would otherwise alternate the direction on every claim.
+pub(crate) const CLAIM_SQLITE: [&str; 2] = [claim_sql!("to_xmpp", ""), claim_sql!("to_matrix", "")];
 /// PostgreSQL: rows another claimer has locked are skipped, not waited for.
-pub(crate) const CLAIM_POSTGRES: &str = claim_sql!(" FOR UPDATE OF o SKIP LOCKED");
+pub(crate) const CLAIM_POSTGRES: [&str; 2] = [
+    claim_sql!("to_xmpp", " FOR UPDATE OF o SKIP LOCKED"),
+    claim_sql!("to_matrix", " FOR UPDATE OF o SKIP LOCKED"),
+];
 
 const ACK: &str = "UPDATE outbox SET state = 'done', finished_at = $3, lease_token = NULL, \
     lease_until = NULL, payload = $4 WHERE id = $1 AND lease_token = $2 AND state = 'claimed'";
+/// Saves the message mapping with an ack; skipped (not an error) if the portal is gone.
+const INSERT_MAPPING_IF_PORTAL: &str = "INSERT INTO message_map (room_id, matrix_event_id, \
+    xmpp_stanza_id, created_at) SELECT $1, $2, $3, $4 WHERE EXISTS \
+    (SELECT 1 FROM portals WHERE room_id = $1) ON CONFLICT DO NOTHING";
 const RETRY: &str = "UPDATE outbox SET \
     state = CASE WHEN attempts >= $4 THEN 'failed' ELSE 'pending' END, \
     finished_at = CASE WHEN attempts >= $4 THEN $6 ELSE NULL END, \
@@ -205,6 +253,54 @@ impl Store {
         })
     }
 
+    /// [`Store::enqueue`], and if the queue has nothing unfinished — the usual case for a
+    /// conversation at a human pace — the new item is claimed for `lease` in the same statement
+    /// and returned for delivery, which saves a claim. One statement, one commit.
+    ///
+    /// Order per queue holds as long as one queue is not enqueued into concurrently (the bridge
+    /// records each portal's messages from one task); PostgreSQL does not serialize two
+    /// concurrent enqueues that both find the queue idle.
+    pub async fn enqueue_and_claim(
+        &self,
+        direction: Direction,
+        queue_key: &str,
+        payload: &[u8],
+        dedupe_key: Option<&str>,
+        lease: Duration,
+    ) -> Result<Queued> {
+        const OP: &str = "enqueue an outbox item";
+        let now = now_millis();
+        let token = format!("{:032x}", rand::random::<u128>());
+        let inserted = on_pool!(self, pool => {
+            let row = sqlx::query(INSERT_CLAIMED_IF_HEAD)
+                .bind(direction.as_str()).bind(queue_key).bind(dedupe_key).bind(payload)
+                .bind(now).bind(&token).bind(now.saturating_add(millis(lease)))
+                .fetch_optional(pool).await.ctx(OP)?;
+            match row {
+                Some(row) => Ok::<_, Error>(Ok((row.int("id")?, row.text("state")?))),
+                None => {
+                    let row = sqlx::query(SELECT_BY_DEDUPE).bind(direction.as_str())
+                        .bind(dedupe_key).fetch_one(pool).await.ctx(OP)?;
+                    Ok(Err(row.int("id")?))
+                }
+            }
+        })?;
+        Ok(match inserted {
+            Ok((id, state)) if state == "claimed" => Queued::Claimed(ClaimedItem {
+                id,
+                direction,
+                queue_key: queue_key.to_owned(),
+                dedupe_key: dedupe_key.map(str::to_owned),
+                payload: payload.to_vec(),
+                attempts: 1,
+                created_at: now,
+                lease_token: token,
+            }),
+            Ok((id, _)) => Queued::Waiting(id),
+            Err(existing) => Queued::Duplicate(existing),
+        })
+    }
+
     /// Claims up to `limit` due items, at most one per queue (its head), for `lease`. The
     /// result is in enqueue order. Concurrent claimers never get the same item.
     pub async fn claim(
@@ -218,8 +314,8 @@ impl Store {
         let token = format!("{:032x}", rand::random::<u128>());
         let mut items = on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let rows = sqlx::query(pool.claim_sql())
-                .bind(direction.as_str()).bind(now).bind(i64::from(limit)).bind(&token)
+            let rows = sqlx::query(pool.claim_sql(direction))
+                .bind(now).bind(i64::from(limit)).bind(&token)
                 .bind(now.saturating_add(millis(lease)))
                 .fetch_all(&mut *tx).await.ctx(OP)?;
             tx.commit().await.ctx(OP)?;
@@ -235,6 +331,39 @@ impl Store {
         let n = on_pool!(self, pool => sqlx::query(ACK)
             .bind(item.id).bind(&item.lease_token).bind(now_millis()).bind(&[] as &[u8])
             .execute(pool).await.ctx("ack an outbox item")?.rows_affected());
+        if n == 0 {
+            Err(Error::LeaseLost { id: item.id })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`Store::ack`] and, in the same database transaction (one commit), remembers which
+    /// Matrix event and XMPP stanza id the delivered message became: `(room_id, event_id,
+    /// stanza_id)`. The mapping is skipped if the portal no longer exists.
+    pub async fn ack_with_mapping(
+        &self,
+        item: &ClaimedItem,
+        mapping: Option<(&str, &str, &str)>,
+    ) -> Result<()> {
+        const OP: &str = "ack an outbox item";
+        let Some((room_id, event_id, stanza_id)) = mapping else {
+            return self.ack(item).await;
+        };
+        let now = now_millis();
+        let n = on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(ACK)
+                .bind(item.id).bind(&item.lease_token).bind(now).bind(&[] as &[u8])
+                .execute(&mut *tx).await.ctx(OP)?.rows_affected();
+            if n > 0 {
+                sqlx::query(INSERT_MAPPING_IF_PORTAL)
+                    .bind(room_id).bind(event_id).bind(stanza_id).bind(now)
+                    .execute(&mut *tx).await.ctx(OP)?;
+            }
+            tx.commit().await.ctx(OP)?;
+            n
+        });
         if n == 0 {
             Err(Error::LeaseLost { id: item.id })
         } else {

@@ -277,9 +277,12 @@ impl SessionManager {
         self.connected(account)?.send(stanza).await
     }
 
-    /// Sends a message.
+    /// Sends a message and returns once it is written to the server (see
+    /// [`SessionHandle::send_confirmed`]).
     pub async fn send_message(&self, account: &str, message: &Message) -> Result<(), IqError> {
-        self.send(account, &message.to_element()).await
+        self.connected(account)?
+            .send_confirmed(&message.to_element())
+            .await
     }
 
     /// Sets the account's own presence: remembered, sent now if connected, and sent again after

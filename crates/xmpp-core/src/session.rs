@@ -29,8 +29,8 @@ type Tls = TlsStream<TcpStream>;
 /// Timers of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionTimers {
-    /// How often to ping the server when nothing else is sent (Messenger cut idle connections
-    /// after 1–2 minutes, so at most 60 s).
+    /// How often to ping the server (Messenger cut idle connections after 1–2 minutes; 30 s
+    /// leaves room for a ping delayed by a busy machine).
     pub keepalive: Duration,
     /// How long to wait for any IQ reply, pings included, before giving up on it. A ping that
     /// times out declares the link dead.
@@ -42,7 +42,7 @@ pub struct SessionTimers {
 impl Default for SessionTimers {
     fn default() -> Self {
         Self {
-            keepalive: Duration::from_secs(50),
+            keepalive: Duration::from_secs(30),
             iq_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
         }
@@ -104,6 +104,8 @@ pub enum IqError {
 
 pub(crate) enum Command {
     Send(String),
+    /// Send and report once the bytes are written and flushed to the connection.
+    SendConfirmed(String, oneshot::Sender<()>),
     Iq {
         iq: Box<Iq>,
         reply: oneshot::Sender<Result<Iq, IqError>>,
@@ -130,6 +132,18 @@ impl SessionHandle {
             .send(Command::Send(stanza.to_xml()))
             .await
             .map_err(|_| IqError::NotConnected)
+    }
+
+    /// Sends a stanza and returns once it is written and flushed to the server's connection
+    /// (not merely queued): a caller that records "delivered" after this cannot lose it to
+    /// its own crash. `NotConnected` if the session ended before the write.
+    pub async fn send_confirmed(&self, stanza: &Element) -> Result<(), IqError> {
+        let (written, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SendConfirmed(stanza.to_xml(), written))
+            .await
+            .map_err(|_| IqError::NotConnected)?;
+        rx.await.map_err(|_| IqError::NotConnected)
     }
 
     /// Sends an IQ and waits for its result (ids are assigned here).
@@ -309,6 +323,13 @@ impl Driver {
                 cmd = commands.recv() => {
                     let result = match cmd {
                         Some(Command::Send(s)) => self.write_raw(&s).await,
+                        Some(Command::SendConfirmed(s, written)) => {
+                            let result = self.write_raw(&s).await;
+                            if result.is_ok() {
+                                let _ = written.send(());
+                            }
+                            result
+                        }
                         Some(Command::Iq { iq, reply }) => self.send_iq(*iq, Some(reply)).await,
                         Some(Command::Close) | None => {
                             let _ = self.write_raw(xml::STREAM_CLOSE).await;

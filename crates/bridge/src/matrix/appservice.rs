@@ -17,7 +17,9 @@ use ruma::api::IncomingRequest;
 use ruma::api::appservice::event::push_events;
 use serde_json::{Value, json};
 use sha2::Digest;
-use store::{Direction, TxnStatus};
+use store::{Direction, Queued};
+
+use crate::runtime::LEASE;
 
 use crate::runtime::Bridge;
 
@@ -101,6 +103,7 @@ async fn transaction(
     uri: Uri,
     body: Bytes,
 ) -> Response {
+    let arrived = std::time::Instant::now();
     if let Err(r) = authorized(&bridge, &headers, &uri) {
         return r;
     }
@@ -137,20 +140,26 @@ async fn transaction(
             Some((room, event_id, serde_json::to_vec(&event).ok()?))
         })
         .collect();
-    // Synapse on SQLite reuses ids after its own restart, so an id alone is not a duplicate:
-    // the content must match too.
-    let fingerprint: String = sha2::Sha256::digest(&body)[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if !events.is_empty() {
-        match store.txn_status(&txn_id, &fingerprint).await {
-            Ok(TxnStatus::Duplicate) => {
-                return (StatusCode::OK, axum::Json(json!({}))).into_response();
+    // Each event is recorded under its event id, so a transaction sent again (Synapse retries
+    // until it gets a 200, and reuses ids after its own restart) records nothing twice, and
+    // answering 200 only after every event is recorded never loses one. An event at the head of
+    // an idle portal comes back claimed and is delivered at once.
+    for (room, event_id, bytes) in &events {
+        match store
+            .enqueue_and_claim(Direction::ToXmpp, room, bytes, Some(event_id), LEASE)
+            .await
+        {
+            Ok(Queued::Claimed(item)) => {
+                bridge.note_received(Direction::ToXmpp, event_id, arrived);
+                bridge.dispatch(item);
             }
-            Ok(_) => {}
+            Ok(Queued::Waiting(_)) => {
+                bridge.note_received(Direction::ToXmpp, event_id, arrived);
+                bridge.queue_waiting(Direction::ToXmpp, room);
+            }
+            Ok(Queued::Duplicate(_)) => {}
             Err(e) => {
-                tracing::error!(error = %e, "cannot check a transaction; asking the homeserver to retry");
+                tracing::error!(error = %e, "cannot record an event; asking the homeserver to retry");
                 return matrix_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "M_UNKNOWN",
@@ -159,34 +168,11 @@ async fn transaction(
             }
         }
     }
-    let mut recorded = 0usize;
-    for (room, event_id, bytes) in &events {
-        if let Err(e) = store
-            .enqueue(Direction::ToXmpp, room, bytes, Some(event_id))
-            .await
-        {
-            tracing::error!(error = %e, "cannot record an event; asking the homeserver to retry");
-            return matrix_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "M_UNKNOWN",
-                "the bridge's database is unavailable",
-            );
-        }
-        recorded += 1;
-    }
-    if recorded > 0 {
-        bridge.inner.wake_to_xmpp.notify_one();
-    }
     for raw in &txn.ephemeral {
         if let Ok(data) = serde_json::from_str::<Value>(raw.json().get()) {
             let bridge = bridge.clone();
             tokio::spawn(async move { bridge.on_ephemeral(&data).await });
         }
-    }
-    if !events.is_empty()
-        && let Err(e) = store.mark_txn(&txn_id, &fingerprint).await
-    {
-        tracing::warn!(error = %e, "could not mark a transaction as done (it may be replayed; events are deduplicated)");
     }
     (StatusCode::OK, axum::Json(json!({}))).into_response()
 }

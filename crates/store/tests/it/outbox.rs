@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use store::{Direction, Enqueued, Error, RetryOutcome, Store};
+use store::{Direction, Enqueued, Error, Queued, RetryOutcome, Store};
 
 use crate::support::{config, keyring, scenario};
 
@@ -241,3 +241,62 @@ scenario!(
         }
     }
 );
+
+scenario!(
+    enqueue_and_claim_claims_only_the_head_of_an_idle_queue,
+    |db| {
+        let s = &db.store;
+        let first = match s
+            .enqueue_and_claim(IN, "q", b"one", Some("$1"), LONG)
+            .await
+            .unwrap()
+        {
+            Queued::Claimed(item) => item,
+            other => panic!("the head of an idle queue is claimed at once: {other:?}"),
+        };
+        assert_eq!((first.payload.as_slice(), first.attempts), (&b"one"[..], 1));
+        // Behind it: waiting, and not handed out while the head is in flight.
+        let second = s
+            .enqueue_and_claim(IN, "q", b"two", Some("$2"), LONG)
+            .await
+            .unwrap();
+        assert!(matches!(second, Queued::Waiting(_)), "{second:?}");
+        assert!(matches!(
+            s.enqueue_and_claim(IN, "q", b"one", Some("$1"), LONG)
+                .await
+                .unwrap(),
+            Queued::Duplicate(id) if id == first.id
+        ));
+        // Another queue is independent.
+        assert!(matches!(
+            s.enqueue_and_claim(IN, "other", b"x", None, LONG)
+                .await
+                .unwrap(),
+            Queued::Claimed(_)
+        ));
+        assert!(s.claim(IN, 10, LONG).await.unwrap().is_empty());
+        s.ack(&first).await.unwrap();
+        let next = s.claim(IN, 10, LONG).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].payload, b"two");
+    }
+);
+
+scenario!(a_directly_claimed_item_of_a_dead_claimer_comes_back, |db| {
+    let s = &db.store;
+    let Queued::Claimed(item) = s
+        .enqueue_and_claim(IN, "q", b"m", None, Duration::from_secs(1))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a claim");
+    };
+    let restarted = db.reopen(keyring()).await.unwrap();
+    assert!(restarted.claim(IN, 10, LONG).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = restarted.claim(IN, 10, LONG).await.unwrap();
+    assert_eq!((again[0].id, again[0].attempts), (item.id, 2));
+    // The dead claimer's lease is gone.
+    assert!(matches!(s.ack(&item).await, Err(Error::LeaseLost { .. })));
+    restarted.close().await;
+});

@@ -1,6 +1,6 @@
 //! Linked users, ghosts, portals, the message map and transaction marks.
 
-use store::{Error, Ghost, LinkedUser, ServerProfile, TxnStatus};
+use store::{Direction, Error, Ghost, LinkedUser, ServerProfile, TxnStatus};
 
 use crate::support::{keyring, scenario};
 
@@ -192,3 +192,53 @@ scenario!(txn_marks_dedupe_by_id_and_content, |db| {
     assert_eq!(s.forget_all_txns().await.unwrap(), 1);
     assert_eq!(s.txn_status("3", "fp-d").await.unwrap(), TxnStatus::New);
 });
+
+scenario!(
+    ack_with_mapping_saves_both_or_reports_the_lost_lease,
+    |db| {
+        let s = &db.store;
+        s.upsert_linked_user(&user("@a:x", "a@xmpp")).await.unwrap();
+        s.upsert_portal("@a:x", "c@xmpp", "!room:x").await.unwrap();
+        let long = std::time::Duration::from_secs(60);
+        s.enqueue(Direction::ToMatrix, "q", b"m", None)
+            .await
+            .unwrap();
+        let item = s
+            .claim(Direction::ToMatrix, 1, long)
+            .await
+            .unwrap()
+            .remove(0);
+        s.ack_with_mapping(&item, Some(("!room:x", "$ev", "st1")))
+            .await
+            .unwrap();
+        assert_eq!(s.outbox_backlog(Direction::ToMatrix).await.unwrap(), 0);
+        let m = s.message_by_event("!room:x", "$ev").await.unwrap().unwrap();
+        assert_eq!(m.xmpp_stanza_id, "st1");
+        // Acked twice: the lease is gone and nothing else changes.
+        assert!(matches!(
+            s.ack_with_mapping(&item, Some(("!room:x", "$ev2", "st2")))
+                .await,
+            Err(Error::LeaseLost { .. })
+        ));
+        assert!(
+            s.message_by_event("!room:x", "$ev2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // A portal deleted meanwhile: the item is still acked, the mapping skipped.
+        s.enqueue(Direction::ToMatrix, "q", b"n", None)
+            .await
+            .unwrap();
+        let item = s
+            .claim(Direction::ToMatrix, 1, long)
+            .await
+            .unwrap()
+            .remove(0);
+        s.delete_portal("!room:x").await.unwrap();
+        s.ack_with_mapping(&item, Some(("!room:x", "$ev3", "st3")))
+            .await
+            .unwrap();
+        assert_eq!(s.outbox_backlog(Direction::ToMatrix).await.unwrap(), 0);
+    }
+);
