@@ -432,33 +432,39 @@ impl Driver {
             tracing::debug!(account = %self.account, element = el.name(), "ignoring a nonza");
             return Ok(());
         }
+        // Typed stanzas take the element by value: bodies and IQ payloads are moved, not copied.
         match el.name() {
-            "message" => match Message::from_element(&el) {
+            "message" => match Message::try_from(el) {
                 Ok(m) => self.emit(SessionEvent::Message(m)).await,
                 Err(e) => self.invalid(e.to_string()).await,
             },
-            "presence" => match Presence::from_element(&el) {
+            "presence" => match Presence::try_from(el) {
                 Ok(p) if p.kind == PresenceType::Probe => {
                     tracing::debug!(account = %self.account, "ignoring a presence probe");
                 }
                 Ok(p) => self.emit(SessionEvent::Presence(p)).await,
                 Err(e) => self.invalid(e.to_string()).await,
             },
-            "iq" => match Iq::from_element(&el) {
-                Ok(iq) => return self.on_iq(iq).await,
-                Err(e) => {
-                    // RFC 6120 §8.2.3: still answer a request we cannot parse when it has an id.
-                    if let (Some(id), Some("get" | "set")) = (el.attr("id"), el.attr("type")) {
-                        let reply = Element::new("iq", ns::CLIENT)
-                            .with_attr("type", "error")
-                            .with_attr("id", id)
-                            .with_opt_attr("to", el.attr("from"))
-                            .with_child(StanzaError::new("modify", "bad-request").to_element());
-                        self.write_raw(&reply.to_xml()).await?;
+            "iq" => {
+                let request = matches!(el.attr("type"), Some("get" | "set"));
+                let id = el.attr("id").map(str::to_owned);
+                let from = el.attr("from").map(str::to_owned);
+                match Iq::try_from(el) {
+                    Ok(iq) => return self.on_iq(iq).await,
+                    Err(e) => {
+                        // RFC 6120 §8.2.3: still answer a request we cannot parse when it has an id.
+                        if let (Some(id), true) = (id, request) {
+                            let reply = Element::new("iq", ns::CLIENT)
+                                .with_attr("type", "error")
+                                .with_attr("id", id)
+                                .with_opt_attr("to", from.as_deref())
+                                .with_child(StanzaError::new("modify", "bad-request").to_element());
+                            self.write_raw(&reply.to_xml()).await?;
+                        }
+                        self.invalid(e.to_string()).await;
                     }
-                    self.invalid(e.to_string()).await;
                 }
-            },
+            }
             other => {
                 tracing::debug!(account = %self.account, element = other, "ignoring an unknown stanza")
             }
