@@ -204,6 +204,14 @@ impl Bridge {
         {
             tracing::warn!(error = %e, "could not set the bot's display name");
         }
+        // One bridge per database: whatever a previous run had claimed died with it.
+        let released = inner.store.release_claims().await?;
+        if released > 0 {
+            tracing::info!(
+                count = released,
+                "redelivering messages the previous run had in flight"
+            );
+        }
         tokio::spawn(self.clone().xmpp_event_loop(events));
         tokio::spawn(self.clone().deliver_forever(Direction::ToMatrix));
         tokio::spawn(self.clone().deliver_forever(Direction::ToXmpp));
@@ -554,12 +562,7 @@ impl Bridge {
                     Ok(items) => {
                         for item in items {
                             let this = self.clone();
-                            tasks.spawn(async move {
-                                match direction {
-                                    Direction::ToMatrix => this.deliver_to_matrix(item).await,
-                                    Direction::ToXmpp => this.deliver_to_xmpp(item).await,
-                                }
-                            });
+                            tasks.spawn(async move { this.deliver(item).await });
                         }
                     }
                     Err(e) => {
@@ -576,9 +579,47 @@ impl Bridge {
         }
     }
 
-    /// Bookkeeping once an item left the bridge: its portal may go on, and a message delivered
-    /// on its first attempt feeds the latency metrics.
-    fn delivery_ended(&self, item: &ClaimedItem, outcome: DeliveryEnd) {
+    /// Delivers an item, then each next item of its queue that the store hands over with the
+    /// ack: a portal with a backlog is drained by one task, in order, without separate claims.
+    async fn deliver(&self, mut item: ClaimedItem) {
+        loop {
+            let next = match item.direction {
+                Direction::ToMatrix => self.deliver_to_matrix(item).await,
+                Direction::ToXmpp => self.deliver_to_xmpp(item).await,
+            };
+            match next {
+                Some(next) => item = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Acks a delivered item (with its message mapping) and takes the next one of its queue.
+    async fn ack(
+        &self,
+        item: &ClaimedItem,
+        mapping: Option<&(String, String, String)>,
+    ) -> Option<ClaimedItem> {
+        let mapping =
+            mapping.map(|(room, event, stanza)| (room.as_str(), event.as_str(), stanza.as_str()));
+        match self
+            .inner
+            .store
+            .ack_and_claim_next(item, mapping, LEASE)
+            .await
+        {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not acknowledge a delivered item");
+                None
+            }
+        }
+    }
+
+    /// Bookkeeping once an item left the bridge: its portal may go on (the delivery loop is
+    /// woken for an item waiting behind it, unless `chained` — already taken with the ack), and
+    /// a message delivered on its first attempt feeds the latency metrics.
+    fn delivery_ended(&self, item: &ClaimedItem, outcome: DeliveryEnd, chained: bool) {
         let timings = &self.inner.timings;
         let received = item
             .dedupe_key
@@ -594,7 +635,7 @@ impl Bridge {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&(item.direction, item.queue_key.clone()));
-            if next_waits {
+            if next_waits && !chained {
                 self.wake(item.direction);
             }
         }
@@ -610,7 +651,8 @@ impl Bridge {
         }
     }
 
-    async fn deliver_to_matrix(&self, item: ClaimedItem) {
+    /// Delivers one item to Matrix; returns the next item of its queue if the ack took one.
+    async fn deliver_to_matrix(&self, item: ClaimedItem) -> Option<ClaimedItem> {
         let payload: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
         let mut remote = Duration::ZERO;
         let result = self.send_to_matrix(&item, &payload, &mut remote).await;
@@ -618,18 +660,14 @@ impl Bridge {
         match result {
             Ok(mapping) => {
                 let done = Instant::now();
-                let mapping = mapping
-                    .as_ref()
-                    .map(|(room, event, stanza)| (room.as_str(), event.as_str(), stanza.as_str()));
-                if let Err(e) = store.ack_with_mapping(&item, mapping).await {
-                    tracing::warn!(error = %e, "could not acknowledge a delivered item");
-                }
+                let next = self.ack(&item, mapping.as_ref()).await;
                 let outcome = if payload["kind"] == "message" {
                     DeliveryEnd::Message { remote, done }
                 } else {
                     DeliveryEnd::Other
                 };
-                self.delivery_ended(&item, outcome);
+                self.delivery_ended(&item, outcome, next.is_some());
+                return next;
             }
             Err(e) if e.is_transient() => {
                 let delay = retry_delay(item.attempts);
@@ -638,18 +676,19 @@ impl Bridge {
                     Ok(store::RetryOutcome::GaveUp) => {
                         self.inner.metrics.failure("matrix_gave_up");
                         tracing::error!(queue = %item.queue_key, error = %e, "gave up delivering a message to Matrix");
-                        self.delivery_ended(&item, DeliveryEnd::Other);
+                        self.delivery_ended(&item, DeliveryEnd::Other, false);
                     }
-                    _ => self.delivery_ended(&item, DeliveryEnd::Retry),
+                    _ => self.delivery_ended(&item, DeliveryEnd::Retry, false),
                 }
             }
             Err(e) => {
                 self.inner.metrics.failure("matrix_refused");
                 tracing::error!(queue = %item.queue_key, error = %e, "Matrix refused a message; not retrying");
                 let _ = store.give_up(&item, &e.to_string()).await;
-                self.delivery_ended(&item, DeliveryEnd::Other);
+                self.delivery_ended(&item, DeliveryEnd::Other, false);
             }
         }
+        None
     }
 
     /// Sends one outbox item to Matrix; `remote` accumulates the time spent waiting for the
@@ -777,18 +816,14 @@ impl Bridge {
 
     // ---------------------------------------------------------------- Matrix → XMPP
 
-    async fn deliver_to_xmpp(&self, item: ClaimedItem) {
+    /// Delivers one item to XMPP; returns the next item of its queue if the ack took one.
+    async fn deliver_to_xmpp(&self, item: ClaimedItem) -> Option<ClaimedItem> {
         let event: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
         let store = &self.inner.store;
         match crate::events::handle_matrix_event(self, &event).await {
             Ok(delivered) => {
                 let done = Instant::now();
-                let mapping = delivered
-                    .as_ref()
-                    .map(|(room, event, stanza)| (room.as_str(), event.as_str(), stanza.as_str()));
-                if let Err(e) = store.ack_with_mapping(&item, mapping).await {
-                    tracing::warn!(error = %e, "could not acknowledge a delivered item");
-                }
+                let next = self.ack(&item, delivered.as_ref()).await;
                 let outcome = if delivered.is_some() {
                     DeliveryEnd::Message {
                         remote: Duration::ZERO,
@@ -797,27 +832,28 @@ impl Bridge {
                 } else {
                     DeliveryEnd::Other
                 };
-                self.delivery_ended(&item, outcome);
+                self.delivery_ended(&item, outcome, next.is_some());
+                return next;
             }
             Err(crate::events::HandleError::Retry(reason)) => {
                 let delay = retry_delay(item.attempts);
                 tracing::info!(room = %item.queue_key, %reason, retry_in = ?delay, "cannot deliver to XMPP yet; will retry");
                 if let Ok(store::RetryOutcome::GaveUp) = store.retry(&item, &reason, delay).await {
                     self.inner.metrics.failure("xmpp_gave_up");
-                    self.delivery_ended(&item, DeliveryEnd::Other);
+                    self.delivery_ended(&item, DeliveryEnd::Other, false);
                     self.notice_in_room(
                         &item.queue_key,
                         &format!("⚠ Your message was not delivered: {reason}"),
                     )
                     .await;
                 } else {
-                    self.delivery_ended(&item, DeliveryEnd::Retry);
+                    self.delivery_ended(&item, DeliveryEnd::Retry, false);
                 }
             }
             Err(crate::events::HandleError::Fail(reason)) => {
                 self.inner.metrics.failure("xmpp_refused");
                 let _ = store.give_up(&item, &reason).await;
-                self.delivery_ended(&item, DeliveryEnd::Other);
+                self.delivery_ended(&item, DeliveryEnd::Other, false);
                 self.notice_in_room(
                     &item.queue_key,
                     &format!("⚠ Your message was not delivered: {reason}"),
@@ -825,6 +861,7 @@ impl Bridge {
                 .await;
             }
         }
+        None
     }
 
     /// Remembers when a message to be delivered under `key` (its outbox dedupe key) arrived,
@@ -833,14 +870,15 @@ impl Bridge {
         self.inner.timings.received(direction, key, at);
     }
 
-    /// An item was recorded behind another of its queue still in flight.
+    /// An item was recorded behind another of its queue. The one in flight takes it with its
+    /// ack, or wakes the delivery loop when it ends; a head waiting for a retry is picked up by
+    /// the loop when due.
     pub(crate) fn queue_waiting(&self, direction: Direction, queue: &str) {
         self.inner
             .waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert((direction, queue.to_owned()));
-        self.wake(direction);
     }
 
     fn wake(&self, direction: Direction) {
@@ -854,12 +892,7 @@ impl Bridge {
     /// queue), in its own task.
     pub(crate) fn dispatch(&self, item: ClaimedItem) {
         let this = self.clone();
-        tokio::spawn(async move {
-            match item.direction {
-                Direction::ToMatrix => this.deliver_to_matrix(item).await,
-                Direction::ToXmpp => this.deliver_to_xmpp(item).await,
-            }
-        });
+        tokio::spawn(async move { this.deliver(item).await });
     }
 
     /// Posts a notice in a room as the portal's ghost (or the bot elsewhere).

@@ -92,6 +92,14 @@ pub(crate) trait PoolExt {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>>;
     /// The outbox claim statement for a direction.
     fn claim_sql(&self, direction: crate::Direction) -> &'static str;
+    /// The statement claiming the next item of one queue, for a direction.
+    fn claim_next_sql(&self, direction: crate::Direction) -> &'static str {
+        let [to_xmpp, to_matrix] = crate::outbox::CLAIM_NEXT;
+        match direction {
+            crate::Direction::ToXmpp => to_xmpp,
+            crate::Direction::ToMatrix => to_matrix,
+        }
+    }
 }
 
 impl PoolExt for SqlitePool {

@@ -129,6 +129,8 @@ const SELECT_BY_DEDUPE: &str = "SELECT id FROM outbox WHERE direction = $1 AND d
 /// items (a loose index scan: one seek per queue on `outbox_unfinished`), `heads` takes each
 /// one's oldest unfinished item, and only heads that are pending and due, or claimed with an
 /// expired lease, are claimed. The cost grows with the number of queues, not with the backlog.
+/// `picked` is a CTE so PostgreSQL evaluates it (and its row locks and LIMIT) once; as a
+/// subquery of the UPDATE it may run again per row and hand out more than LIMIT items.
 /// Conditions are repeated on the updated row so PostgreSQL re-checks them on the locked row
 /// version.
 macro_rules! claim_sql {
@@ -150,16 +152,18 @@ macro_rules! claim_sql {
             $dir,
             "' \
                    AND h.queue_key = queues.k AND h.state IN ('pending', 'claimed')) \
-                 FROM queues WHERE queues.k IS NOT NULL) \
-             UPDATE outbox SET state = 'claimed', lease_token = $3, lease_until = $4, \
-               attempts = attempts + 1 \
-             WHERE id IN (SELECT o.id FROM outbox o \
+                 FROM queues WHERE queues.k IS NOT NULL), \
+             picked(id) AS (SELECT o.id FROM outbox o \
                WHERE o.id IN (SELECT id FROM heads) \
                AND ((o.state = 'pending' AND o.next_attempt_at <= $1) \
                  OR (o.state = 'claimed' AND o.lease_until <= $1)) \
                ORDER BY o.id LIMIT $2",
             $lock,
-            ") AND ((state = 'pending' AND next_attempt_at <= $1) \
+            ") \
+             UPDATE outbox SET state = 'claimed', lease_token = $3, lease_until = $4, \
+               attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM picked) \
+             AND ((state = 'pending' AND next_attempt_at <= $1) \
                OR (state = 'claimed' AND lease_until <= $1)) \
              RETURNING id, queue_key, dedupe_key, payload, attempts, created_at"
         )
@@ -177,6 +181,24 @@ pub(crate) const CLAIM_POSTGRES: [&str; 2] = [
 
 const ACK: &str = "UPDATE outbox SET state = 'done', finished_at = $3, lease_token = NULL, \
     lease_until = NULL, payload = $4 WHERE id = $1 AND lease_token = $2 AND state = 'claimed'";
+/// Claims the next item of one queue if it is its head, pending and due (after an ack, in the
+/// same transaction). The direction is part of the text, as in the claim.
+macro_rules! claim_next_sql {
+    ($dir:literal) => {
+        concat!(
+            "UPDATE outbox SET state = 'claimed', lease_token = $1, lease_until = $2, \
+               attempts = attempts + 1 \
+             WHERE id = (SELECT MIN(h.id) FROM outbox h WHERE h.direction = '",
+            $dir,
+            "' \
+               AND h.queue_key = $3 AND h.state IN ('pending', 'claimed')) \
+             AND state = 'pending' AND next_attempt_at <= $4 \
+             RETURNING id, queue_key, dedupe_key, payload, attempts, created_at"
+        )
+    };
+}
+pub(crate) const CLAIM_NEXT: [&str; 2] = [claim_next_sql!("to_xmpp"), claim_next_sql!("to_matrix")];
+
 /// Saves the message mapping with an ack; skipped (not an error) if the portal is gone.
 const INSERT_MAPPING_IF_PORTAL: &str = "INSERT INTO message_map (room_id, matrix_event_id, \
     xmpp_stanza_id, created_at) SELECT $1, $2, $3, $4 WHERE EXISTS \
@@ -192,6 +214,8 @@ const SELECT_FAILED: &str = "SELECT id, queue_key, dedupe_key, payload, attempts
     created_at, finished_at FROM outbox WHERE direction = $1 AND state = 'failed' \
     ORDER BY id LIMIT $2";
 const DISMISS_FAILED: &str = "DELETE FROM outbox WHERE id = $1 AND state = 'failed'";
+const RELEASE_CLAIMS: &str = "UPDATE outbox SET state = 'pending', lease_token = NULL, \
+    lease_until = NULL WHERE state = 'claimed'";
 const PRUNE_DONE: &str = "DELETE FROM outbox WHERE state = 'done' AND finished_at < $1";
 const COUNT_UNFINISHED: &str = "SELECT COUNT(*) AS n FROM outbox \
     WHERE direction = $1 AND state IN ('pending', 'claimed')";
@@ -338,37 +362,41 @@ impl Store {
         }
     }
 
-    /// [`Store::ack`] and, in the same database transaction (one commit), remembers which
-    /// Matrix event and XMPP stanza id the delivered message became: `(room_id, event_id,
-    /// stanza_id)`. The mapping is skipped if the portal no longer exists.
-    pub async fn ack_with_mapping(
+    /// [`Store::ack`], and in the same database transaction (one commit): remembers which
+    /// Matrix event and XMPP stanza id the delivered message became (`mapping` = `(room_id,
+    /// event_id, stanza_id)`, skipped if the portal no longer exists), and claims the next item
+    /// of the same queue for `lease` if one is due. A queue with a backlog is thus drained by
+    /// its deliverer without a separate claim per item, and still strictly in order.
+    pub async fn ack_and_claim_next(
         &self,
         item: &ClaimedItem,
         mapping: Option<(&str, &str, &str)>,
-    ) -> Result<()> {
+        lease: Duration,
+    ) -> Result<Option<ClaimedItem>> {
         const OP: &str = "ack an outbox item";
-        let Some((room_id, event_id, stanza_id)) = mapping else {
-            return self.ack(item).await;
-        };
         let now = now_millis();
-        let n = on_pool!(self, pool => {
+        let token = format!("{:032x}", rand::random::<u128>());
+        let next = on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let n = sqlx::query(ACK)
                 .bind(item.id).bind(&item.lease_token).bind(now).bind(&[] as &[u8])
                 .execute(&mut *tx).await.ctx(OP)?.rows_affected();
-            if n > 0 {
+            if n == 0 {
+                return Err(Error::LeaseLost { id: item.id });
+            }
+            if let Some((room_id, event_id, stanza_id)) = mapping {
                 sqlx::query(INSERT_MAPPING_IF_PORTAL)
                     .bind(room_id).bind(event_id).bind(stanza_id).bind(now)
                     .execute(&mut *tx).await.ctx(OP)?;
             }
+            let row = sqlx::query(pool.claim_next_sql(item.direction))
+                .bind(&token).bind(now.saturating_add(millis(lease))).bind(&item.queue_key)
+                .bind(now)
+                .fetch_optional(&mut *tx).await.ctx(OP)?;
             tx.commit().await.ctx(OP)?;
-            n
+            row.map(|r| claimed_from_row(&r, item.direction, &token)).transpose()?
         });
-        if n == 0 {
-            Err(Error::LeaseLost { id: item.id })
-        } else {
-            Ok(())
-        }
+        Ok(next)
     }
 
     /// Releases a claimed item after a failed attempt: it is handed out again after
@@ -407,6 +435,16 @@ impl Store {
         } else {
             Ok(())
         }
+    }
+
+    /// Hands every claimed item back as pending, for a bridge starting after a crash: its
+    /// earlier claims died with it and need not wait for their leases to expire. Only for a
+    /// store used by one bridge process (the only supported setup). Their attempts stay
+    /// counted, so a redelivery knows an earlier attempt may have gone through. Returns how
+    /// many were released.
+    pub async fn release_claims(&self) -> Result<u64> {
+        Ok(on_pool!(self, pool => sqlx::query(RELEASE_CLAIMS)
+            .execute(pool).await.ctx("release claimed outbox items")?.rows_affected()))
     }
 
     /// Failed items to report, oldest first.

@@ -300,3 +300,72 @@ scenario!(a_directly_claimed_item_of_a_dead_claimer_comes_back, |db| {
     assert!(matches!(s.ack(&item).await, Err(Error::LeaseLost { .. })));
     restarted.close().await;
 });
+
+scenario!(ack_and_claim_next_drains_one_queue_in_order, |db| {
+    let s = &db.store;
+    for p in ["a1", "a2", "a3"] {
+        enqueue(s, "a", p).await;
+    }
+    enqueue(s, "b", "b1").await;
+    let first = s.claim(IN, 1, LONG).await.unwrap().remove(0);
+    assert_eq!(first.payload, b"a1");
+    let mut seen = vec!["a1".to_owned()];
+    let mut item = first;
+    while let Some(next) = s.ack_and_claim_next(&item, None, LONG).await.unwrap() {
+        assert_eq!((next.queue_key.as_str(), next.attempts), ("a", 1));
+        seen.push(String::from_utf8(next.payload.clone()).unwrap());
+        item = next;
+    }
+    assert_eq!(seen, ["a1", "a2", "a3"]);
+    // The other queue was never touched by the chain.
+    let b = s.claim(IN, 10, LONG).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].payload, b"b1");
+});
+
+scenario!(
+    ack_and_claim_next_leaves_a_successor_that_is_not_due,
+    |db| {
+        let s = &db.store;
+        enqueue(s, "a", "a1").await;
+        enqueue(s, "a", "a2").await;
+        let a1 = s.claim(IN, 1, LONG).await.unwrap().remove(0);
+        let a2 = s
+            .ack_and_claim_next(&a1, None, LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        enqueue(s, "a", "a3").await;
+        // a2 fails and is scheduled for later: nothing else in the queue may overtake it.
+        s.retry(&a2, "down", LONG).await.unwrap();
+        assert!(s.claim(IN, 10, LONG).await.unwrap().is_empty());
+    }
+);
+
+scenario!(a_claim_never_hands_out_more_than_its_limit, |db| {
+    let s = &db.store;
+    for q in ["a", "b", "c", "d", "e"] {
+        enqueue(s, q, q).await;
+    }
+    let first = s.claim(IN, 2, LONG).await.unwrap();
+    let keys: Vec<&str> = first.iter().map(|i| i.queue_key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    let rest = s.claim(IN, 10, LONG).await.unwrap();
+    assert_eq!(rest.len(), 3);
+});
+
+scenario!(claims_of_a_crashed_run_are_released_at_start, |db| {
+    let s = &db.store;
+    let id = enqueue(s, "q", "m").await;
+    let dead = s.claim(IN, 10, LONG).await.unwrap();
+    assert_eq!(dead[0].id, id);
+    let restarted = db.reopen(keyring()).await.unwrap();
+    assert_eq!(restarted.release_claims().await.unwrap(), 1);
+    let again = restarted.claim(IN, 10, LONG).await.unwrap();
+    assert_eq!((again[0].id, again[0].attempts), (id, 2));
+    assert!(matches!(
+        s.ack(&dead[0]).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    restarted.close().await;
+});

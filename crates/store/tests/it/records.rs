@@ -194,7 +194,7 @@ scenario!(txn_marks_dedupe_by_id_and_content, |db| {
 });
 
 scenario!(
-    ack_with_mapping_saves_both_or_reports_the_lost_lease,
+    ack_and_claim_next_saves_the_mapping_or_reports_the_lost_lease,
     |db| {
         let s = &db.store;
         s.upsert_linked_user(&user("@a:x", "a@xmpp")).await.unwrap();
@@ -208,7 +208,7 @@ scenario!(
             .await
             .unwrap()
             .remove(0);
-        s.ack_with_mapping(&item, Some(("!room:x", "$ev", "st1")))
+        s.ack_and_claim_next(&item, Some(("!room:x", "$ev", "st1")), long)
             .await
             .unwrap();
         assert_eq!(s.outbox_backlog(Direction::ToMatrix).await.unwrap(), 0);
@@ -216,7 +216,7 @@ scenario!(
         assert_eq!(m.xmpp_stanza_id, "st1");
         // Acked twice: the lease is gone and nothing else changes.
         assert!(matches!(
-            s.ack_with_mapping(&item, Some(("!room:x", "$ev2", "st2")))
+            s.ack_and_claim_next(&item, Some(("!room:x", "$ev2", "st2")), long)
                 .await,
             Err(Error::LeaseLost { .. })
         ));
@@ -236,7 +236,7 @@ scenario!(
             .unwrap()
             .remove(0);
         s.delete_portal("!room:x").await.unwrap();
-        s.ack_with_mapping(&item, Some(("!room:x", "$ev3", "st3")))
+        s.ack_and_claim_next(&item, Some(("!room:x", "$ev3", "st3")), long)
             .await
             .unwrap();
         assert_eq!(s.outbox_backlog(Direction::ToMatrix).await.unwrap(), 0);
