@@ -8,9 +8,18 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn message_sent_while_the_bridge_is_down_arrives_with_its_original_timestamp() {
+    offline_message_keeps_its_timestamp(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn message_sent_while_the_bridge_is_down_arrives_with_its_original_timestamp_on_postgres() {
+    offline_message_keeps_its_timestamp(Backend::Postgres).await;
+}
+
+async fn offline_message_keeps_its_timestamp(backend: Backend) {
     let _serial = serial().await;
     let env = StackEnv::load();
-    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let mut bridge = TestBridge::new(&env, backend).await;
     let user = MatrixUser::new(&env, "alice").await;
     let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
     let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
@@ -50,10 +59,10 @@ async fn message_sent_while_the_bridge_is_down_arrives_with_its_original_timesta
 
 /// Sends `n` messages each way while `disrupt` runs, then checks every message arrived once,
 /// in order.
-async fn burst_survives(disruption: &str, n: usize) {
+async fn burst_survives(disruption: &str, n: usize, backend: Backend) {
     let _serial = serial().await;
     let env = StackEnv::load();
-    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let mut bridge = TestBridge::new(&env, backend).await;
     let user = MatrixUser::new(&env, "alice").await;
     let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
     let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
@@ -163,10 +172,20 @@ async fn burst_survives(disruption: &str, n: usize) {
 
 #[tokio::test]
 async fn bridge_killed_mid_burst_loses_and_duplicates_nothing() {
-    burst_survives("kill-bridge", 100).await;
+    burst_survives("kill-bridge", 100, Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bridge_killed_mid_burst_loses_and_duplicates_nothing_on_postgres() {
+    burst_survives("kill-bridge", 100, Backend::Postgres).await;
 }
 
 #[tokio::test]
 async fn synapse_restarted_mid_burst_loses_and_duplicates_nothing() {
-    burst_survives("restart-synapse", 100).await;
+    burst_survives("restart-synapse", 100, Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn synapse_restarted_mid_burst_loses_and_duplicates_nothing_on_postgres() {
+    burst_survives("restart-synapse", 100, Backend::Postgres).await;
 }
