@@ -213,8 +213,10 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         oauth,
     )?;
 
-    let server = tokio::spawn(bridge::matrix::appservice::serve(listener, bridge.clone()));
+    // Started before the listener serves: start releases the previous run's claims, which
+    // must not catch a message the new run has just claimed.
     bridge.start(events).await?;
+    let server = tokio::spawn(bridge::matrix::appservice::serve(listener, bridge.clone()));
     match matrix.ping().await {
         Ok(d) => {
             tracing::info!(round_trip = ?d, "the homeserver reaches the bridge (appservice ping)")
