@@ -43,6 +43,25 @@ async fn bot_said(
         .to_owned()
 }
 
+/// Sends `status` until the bot reports the session connected as `who`: the session starts
+/// right after linking and may still be connecting when the first `status` is handled.
+async fn status_shows_connected(user: &MatrixUser, room: &OwnedRoomId, env: &StackEnv, who: &str) {
+    let bot = bot(env);
+    let want = format!("connected as {who}");
+    for _ in 0..30 {
+        user.send_text(room, "status").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let msgs = user.messages(room).await;
+        if bodies_from(&msgs, bot.as_str())
+            .iter()
+            .any(|b| b.contains(&want))
+        {
+            return;
+        }
+    }
+    panic!("`status` never said \"{want}\" within 30 s");
+}
+
 fn link_in(text: &str) -> String {
     text.split_whitespace()
         .find(|w| w.starts_with("http"))
@@ -134,8 +153,7 @@ async fn login_in_a_real_browser_links_the_account_and_lists_contacts() {
         contacts.contains("Bob Builder") && contacts.contains("Carol Singer"),
         "{contacts}"
     );
-    user.send_text(&room, "status").await;
-    bot_said(&user, &room, &env, |b| b.contains("connected as alice@")).await;
+    status_shows_connected(&user, &room, &env, "alice@").await;
 
     // The tokens are stored (encrypted; the store's own tests read the raw rows).
     let store = bridge.open_store().await;
@@ -491,8 +509,7 @@ async fn standard_server_login_uses_the_password_form() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("linked to carol@"));
     bot_said(&user, &room, &env, |b| b.starts_with("✅ Linked as carol@")).await;
-    user.send_text(&room, "status").await;
-    bot_said(&user, &room, &env, |b| b.contains("connected as carol@")).await;
+    status_shows_connected(&user, &room, &env, "carol@").await;
 
     // `logout` forgets the password.
     user.send_text(&room, "logout").await;
