@@ -395,18 +395,15 @@ impl Bridge {
                 .enqueue_and_claim(Direction::ToMatrix, &queue, &bytes, dedupe, LEASE)
                 .await
             {
-                Ok(Queued::Claimed(item)) => {
+                Ok(queued @ (Queued::Claimed(_) | Queued::Waiting(_))) => {
+                    // Noted before delivery starts, so a fast delivery finds it.
                     if let Some(key) = dedupe {
                         self.note_received(Direction::ToMatrix, key, arrived);
                     }
-                    self.dispatch(item);
-                    return;
-                }
-                Ok(Queued::Waiting(_)) => {
-                    if let Some(key) = dedupe {
-                        self.note_received(Direction::ToMatrix, key, arrived);
+                    match queued {
+                        Queued::Claimed(item) => self.dispatch(item),
+                        _ => self.queue_waiting(Direction::ToMatrix, &queue),
                     }
-                    self.queue_waiting(Direction::ToMatrix, &queue);
                     return;
                 }
                 Ok(Queued::Duplicate(_)) => {
@@ -551,10 +548,7 @@ impl Bridge {
         // Claims always ask for the same number of items: SQLite re-plans a statement whose
         // LIMIT value changes. Up to 2×BATCH-1 deliveries may be in flight.
         const BATCH: u32 = 32;
-        let wake = match direction {
-            Direction::ToMatrix => &self.inner.wake_to_matrix,
-            Direction::ToXmpp => &self.inner.wake_to_xmpp,
-        };
+        let wake = self.wake_signal(direction);
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if tasks.len() < BATCH as usize {
@@ -881,11 +875,16 @@ impl Bridge {
             .insert((direction, queue.to_owned()));
     }
 
-    fn wake(&self, direction: Direction) {
+    /// The signal that wakes the delivery loop of `direction`.
+    fn wake_signal(&self, direction: Direction) -> &Notify {
         match direction {
-            Direction::ToMatrix => self.inner.wake_to_matrix.notify_one(),
-            Direction::ToXmpp => self.inner.wake_to_xmpp.notify_one(),
+            Direction::ToMatrix => &self.inner.wake_to_matrix,
+            Direction::ToXmpp => &self.inner.wake_to_xmpp,
         }
+    }
+
+    fn wake(&self, direction: Direction) {
+        self.wake_signal(direction).notify_one();
     }
 
     /// Delivers an item claimed outside the delivery loop (recorded at the head of an idle

@@ -149,13 +149,13 @@ async fn transaction(
             .enqueue_and_claim(Direction::ToXmpp, room, bytes, Some(event_id), LEASE)
             .await
         {
-            Ok(Queued::Claimed(item)) => {
+            Ok(queued @ (Queued::Claimed(_) | Queued::Waiting(_))) => {
+                // Noted before delivery starts, so a fast delivery finds it.
                 bridge.note_received(Direction::ToXmpp, event_id, arrived);
-                bridge.dispatch(item);
-            }
-            Ok(Queued::Waiting(_)) => {
-                bridge.note_received(Direction::ToXmpp, event_id, arrived);
-                bridge.queue_waiting(Direction::ToXmpp, room);
+                match queued {
+                    Queued::Claimed(item) => bridge.dispatch(item),
+                    _ => bridge.queue_waiting(Direction::ToXmpp, room),
+                }
             }
             Ok(Queued::Duplicate(_)) => {}
             Err(e) => {
