@@ -3,14 +3,14 @@
 use std::str::FromStr as _;
 use std::time::Duration;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection as _, Row as _};
 
@@ -68,8 +68,64 @@ static POSTGRES_MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| migrator(POSTGRE
 /// The pool underneath a [`crate::Store`].
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
-    Sqlite(SqlitePool),
+    /// SQLite: a pool for most queries, and one connection for the outbox's writes.
+    Sqlite {
+        pool: SqlitePool,
+        writer: Arc<SqliteWriter>,
+    },
     Postgres(PgPool),
+}
+
+/// SQLite: the one connection the outbox's hot path (record, claim, ack) writes through.
+///
+/// SQLite runs one write transaction at a time in any case. Queueing writers on this lock,
+/// rather than in SQLite's busy handler (which sleeps and polls), keeps them in arrival order,
+/// and a held connection is not pinged by the pool before and after every use — two extra
+/// round trips to the connection's worker thread per operation, which were a measurable share
+/// of the bridge's CPU per message (BENCHMARKS.md).
+#[derive(Debug)]
+pub(crate) struct SqliteWriter {
+    opts: SqliteConnectOptions,
+    /// `None` once the store is closed.
+    pub(crate) slot: tokio::sync::Mutex<Option<SqliteConnection>>,
+}
+
+impl SqliteWriter {
+    async fn open(opts: SqliteConnectOptions) -> std::result::Result<Self, sqlx::Error> {
+        let conn = SqliteConnection::connect_with(&opts).await?;
+        Ok(Self {
+            opts,
+            slot: tokio::sync::Mutex::new(Some(conn)),
+        })
+    }
+
+    /// After a failed operation: if the connection itself is gone (its worker thread died or
+    /// the file could not be read), opens a new one for the next caller.
+    pub(crate) async fn reopen_if_lost<T>(
+        &self,
+        slot: &mut Option<SqliteConnection>,
+        result: &Result<T>,
+    ) {
+        let Err(Error::Query { source, .. }) = result else {
+            return;
+        };
+        if !matches!(source, sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed) || slot.is_none() {
+            return;
+        }
+        match SqliteConnection::connect_with(&self.opts).await {
+            Ok(conn) => *slot = Some(conn),
+            Err(e) => tracing::warn!(error = %e, "cannot reopen the database; will try again"),
+        }
+    }
+
+    /// Closes the connection; later writes fail as on a closed pool.
+    pub(crate) async fn close(&self) {
+        if let Some(conn) = self.slot.lock().await.take()
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "closing the database connection failed");
+        }
+    }
 }
 
 /// Runs the same code against whichever pool the store has. Inside `$body`, `$pool` is a
@@ -77,19 +133,77 @@ pub(crate) enum Backend {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            $crate::backend::Backend::Sqlite($pool) => $body,
+            $crate::backend::Backend::Sqlite { pool: $pool, .. } => $body,
             $crate::backend::Backend::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use on_pool;
 
-/// What differs per backend beyond portable SQL.
+/// Runs `$body` (which evaluates to a `Result`) on a connection for writing: SQLite's writer
+/// connection, held for the whole body, or a PostgreSQL connection from the pool. Inside
+/// `$body`, `$conn` is a `&mut SqliteConnection` or a `&mut PgConnection`; the code is compiled
+/// once per backend.
+macro_rules! on_writer {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::backend::Backend::Sqlite { writer, .. } => {
+                let mut slot = writer.slot.lock().await;
+                let result = async {
+                    let Some($conn) = slot.as_mut() else {
+                        return Err($crate::error::Error::Query {
+                            operation: "write to the database",
+                            source: sqlx::Error::PoolClosed,
+                        });
+                    };
+                    $body
+                }
+                .await;
+                writer.reopen_if_lost(&mut slot, &result).await;
+                result
+            }
+            $crate::backend::Backend::Postgres(pool) => {
+                let mut pooled = $crate::error::QueryContext::ctx(
+                    pool.acquire().await,
+                    "get a database connection",
+                )?;
+                let $conn: &mut sqlx::PgConnection = &mut pooled;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_writer;
+
+/// What differs per backend beyond portable SQL, on a pool.
 pub(crate) trait PoolExt {
     type Db: sqlx::Database;
     /// Starts a write transaction. SQLite: `BEGIN IMMEDIATE` so the write lock is taken up
     /// front (a deferred transaction that reads then writes can fail with SQLITE_BUSY).
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>>;
+}
+
+impl PoolExt for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("begin a write transaction")
+    }
+}
+
+impl PoolExt for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.begin().await.ctx("begin a write transaction")
+    }
+}
+
+/// What differs per backend on a single connection (see [`on_writer`]).
+pub(crate) trait ConnExt {
+    type Db: sqlx::Database;
+    /// Starts a write transaction, as [`PoolExt::begin_write`].
+    async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, Self::Db>>;
     /// The outbox claim statement for a direction.
     fn claim_sql(&self, direction: crate::Direction) -> &'static str;
     /// The statement claiming the next item of one queue, for a direction.
@@ -102,9 +216,9 @@ pub(crate) trait PoolExt {
     }
 }
 
-impl PoolExt for SqlitePool {
+impl ConnExt for SqliteConnection {
     type Db = sqlx::Sqlite;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
         self.begin_with("BEGIN IMMEDIATE")
             .await
             .ctx("begin a write transaction")
@@ -118,9 +232,9 @@ impl PoolExt for SqlitePool {
     }
 }
 
-impl PoolExt for PgPool {
+impl ConnExt for sqlx::PgConnection {
     type Db = sqlx::Postgres;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
         self.begin().await.ctx("begin a write transaction")
     }
     fn claim_sql(&self, direction: crate::Direction) -> &'static str {
@@ -183,18 +297,21 @@ pub(crate) async fn connect(url: &DatabaseUrl, config: &StoreConfig) -> Result<B
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
             retry(config, &redacted, || async {
-                sqlx::SqliteConnection::connect_with(&opts)
-                    .await?
-                    .close()
-                    .await
+                SqliteConnection::connect_with(&opts).await?.close().await
             })
             .await?;
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.max_connections.clamp(1, 4))
-                .connect_with(opts)
+                .connect_with(opts.clone())
                 .await
                 .map_err(|source| unreachable(&redacted, 1, source))?;
-            Ok(Backend::Sqlite(pool))
+            let writer = SqliteWriter::open(opts)
+                .await
+                .map_err(|source| unreachable(&redacted, 1, source))?;
+            Ok(Backend::Sqlite {
+                pool,
+                writer: Arc::new(writer),
+            })
         }
         DatabaseUrl::Postgres { url: raw } => {
             let opts = PgConnectOptions::from_str(raw).map_err(|e| Error::InvalidUrl {
@@ -258,7 +375,7 @@ impl Backend {
     /// Refuses a database from a newer bridge, then applies pending migrations.
     pub(crate) async fn migrate(&self, url: &DatabaseUrl) -> Result<()> {
         let (migrator, applied) = match self {
-            Self::Sqlite(pool) => (
+            Self::Sqlite { pool, .. } => (
                 &*SQLITE_MIGRATOR,
                 applied_versions(pool, SQLITE_HAS_MIGRATIONS_TABLE).await?,
             ),
@@ -276,7 +393,7 @@ impl Backend {
             });
         }
         let result = match self {
-            Self::Sqlite(pool) => migrator.run(pool).await,
+            Self::Sqlite { pool, .. } => migrator.run(pool).await,
             Self::Postgres(pool) => migrator.run(pool).await,
         };
         result.map_err(|source| Error::Migrate {

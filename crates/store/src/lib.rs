@@ -107,7 +107,7 @@ impl Store {
     /// `"sqlite"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
-            Backend::Sqlite(_) => "sqlite",
+            Backend::Sqlite { .. } => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
     }
@@ -115,7 +115,10 @@ impl Store {
     /// Closes all connections, waiting for in-flight queries.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite(p) => p.close().await,
+            Backend::Sqlite { pool, writer } => {
+                writer.close().await;
+                pool.close().await;
+            }
             Backend::Postgres(p) => p.close().await,
         }
     }

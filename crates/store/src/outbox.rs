@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::backend::{PoolExt as _, RowExt, on_pool};
+use crate::backend::{ConnExt as _, RowExt, on_pool, on_writer};
 use crate::error::{Error, QueryContext as _, Result};
 use crate::{Store, now_millis};
 
@@ -261,16 +261,16 @@ impl Store {
         dedupe_key: Option<&str>,
     ) -> Result<Enqueued> {
         const OP: &str = "enqueue an outbox item";
-        on_pool!(self, pool => {
+        on_writer!(self, conn => {
             let row = sqlx::query(INSERT_ITEM)
                 .bind(direction.as_str()).bind(queue_key).bind(dedupe_key).bind(payload)
                 .bind(now_millis())
-                .fetch_optional(pool).await.ctx(OP)?;
+                .fetch_optional(&mut *conn).await.ctx(OP)?;
             match row {
                 Some(row) => Ok(Enqueued::Added(row.int("id")?)),
                 None => {
                     let row = sqlx::query(SELECT_BY_DEDUPE).bind(direction.as_str())
-                        .bind(dedupe_key).fetch_one(pool).await.ctx(OP)?;
+                        .bind(dedupe_key).fetch_one(&mut *conn).await.ctx(OP)?;
                     Ok(Enqueued::Duplicate(row.int("id")?))
                 }
             }
@@ -295,16 +295,16 @@ impl Store {
         const OP: &str = "enqueue an outbox item";
         let now = now_millis();
         let token = format!("{:032x}", rand::random::<u128>());
-        let inserted = on_pool!(self, pool => {
+        let inserted = on_writer!(self, conn => {
             let row = sqlx::query(INSERT_CLAIMED_IF_HEAD)
                 .bind(direction.as_str()).bind(queue_key).bind(dedupe_key).bind(payload)
                 .bind(now).bind(&token).bind(now.saturating_add(millis(lease)))
-                .fetch_optional(pool).await.ctx(OP)?;
+                .fetch_optional(&mut *conn).await.ctx(OP)?;
             match row {
                 Some(row) => Ok::<_, Error>(Ok((row.int("id")?, row.text("state")?))),
                 None => {
                     let row = sqlx::query(SELECT_BY_DEDUPE).bind(direction.as_str())
-                        .bind(dedupe_key).fetch_one(pool).await.ctx(OP)?;
+                        .bind(dedupe_key).fetch_one(&mut *conn).await.ctx(OP)?;
                     Ok(Err(row.int("id")?))
                 }
             }
@@ -336,15 +336,16 @@ impl Store {
         const OP: &str = "claim outbox items";
         let now = now_millis();
         let token = format!("{:032x}", rand::random::<u128>());
-        let mut items = on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let rows = sqlx::query(pool.claim_sql(direction))
+        let mut items = on_writer!(self, conn => {
+            let sql = conn.claim_sql(direction);
+            let mut tx = conn.begin_write().await?;
+            let rows = sqlx::query(sql)
                 .bind(now).bind(i64::from(limit)).bind(&token)
                 .bind(now.saturating_add(millis(lease)))
                 .fetch_all(&mut *tx).await.ctx(OP)?;
             tx.commit().await.ctx(OP)?;
-            rows.iter().map(|r| claimed_from_row(r, direction, &token)).collect::<Result<Vec<_>>>()?
-        });
+            rows.iter().map(|r| claimed_from_row(r, direction, &token)).collect::<Result<Vec<_>>>()
+        })?;
         items.sort_by_key(|i| i.id);
         Ok(items)
     }
@@ -352,9 +353,9 @@ impl Store {
     /// Marks a claimed item delivered; it never comes back. Fails with [`Error::LeaseLost`]
     /// if the lease expired and the item was claimed again meanwhile.
     pub async fn ack(&self, item: &ClaimedItem) -> Result<()> {
-        let n = on_pool!(self, pool => sqlx::query(ACK)
+        let n = on_writer!(self, conn => sqlx::query(ACK)
             .bind(item.id).bind(&item.lease_token).bind(now_millis()).bind(&[] as &[u8])
-            .execute(pool).await.ctx("ack an outbox item")?.rows_affected());
+            .execute(&mut *conn).await.ctx("ack an outbox item").map(|r| r.rows_affected()))?;
         if n == 0 {
             Err(Error::LeaseLost { id: item.id })
         } else {
@@ -376,8 +377,9 @@ impl Store {
         const OP: &str = "ack an outbox item";
         let now = now_millis();
         let token = format!("{:032x}", rand::random::<u128>());
-        let next = on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+        let next = on_writer!(self, conn => {
+            let claim_next = conn.claim_next_sql(item.direction);
+            let mut tx = conn.begin_write().await?;
             let n = sqlx::query(ACK)
                 .bind(item.id).bind(&item.lease_token).bind(now).bind(&[] as &[u8])
                 .execute(&mut *tx).await.ctx(OP)?.rows_affected();
@@ -389,13 +391,13 @@ impl Store {
                     .bind(room_id).bind(event_id).bind(stanza_id).bind(now)
                     .execute(&mut *tx).await.ctx(OP)?;
             }
-            let row = sqlx::query(pool.claim_next_sql(item.direction))
+            let row = sqlx::query(claim_next)
                 .bind(&token).bind(now.saturating_add(millis(lease))).bind(&item.queue_key)
                 .bind(now)
                 .fetch_optional(&mut *tx).await.ctx(OP)?;
             tx.commit().await.ctx(OP)?;
-            row.map(|r| claimed_from_row(&r, item.direction, &token)).transpose()?
-        });
+            row.map(|r| claimed_from_row(&r, item.direction, &token)).transpose()
+        })?;
         Ok(next)
     }
 
@@ -410,13 +412,13 @@ impl Store {
     ) -> Result<RetryOutcome> {
         let now = now_millis();
         let at = now.saturating_add(millis(delay));
-        let row = on_pool!(self, pool => {
+        let row = on_writer!(self, conn => {
             let row = sqlx::query(RETRY)
                 .bind(item.id).bind(&item.lease_token).bind(at)
                 .bind(i64::from(self.outbox_max_attempts)).bind(error).bind(now)
-                .fetch_optional(pool).await.ctx("schedule an outbox retry")?;
-            row.map(|r| r.text("state")).transpose()?
-        });
+                .fetch_optional(&mut *conn).await.ctx("schedule an outbox retry")?;
+            row.map(|r| r.text("state")).transpose()
+        })?;
         match row.as_deref() {
             None => Err(Error::LeaseLost { id: item.id }),
             Some("failed") => Ok(RetryOutcome::GaveUp),
@@ -427,9 +429,9 @@ impl Store {
     /// Gives up on a claimed item now (a permanent error); it becomes failed and the queue
     /// moves on.
     pub async fn give_up(&self, item: &ClaimedItem, error: &str) -> Result<()> {
-        let n = on_pool!(self, pool => sqlx::query(GIVE_UP)
+        let n = on_writer!(self, conn => sqlx::query(GIVE_UP)
             .bind(item.id).bind(&item.lease_token).bind(now_millis()).bind(error)
-            .execute(pool).await.ctx("fail an outbox item")?.rows_affected());
+            .execute(&mut *conn).await.ctx("fail an outbox item").map(|r| r.rows_affected()))?;
         if n == 0 {
             Err(Error::LeaseLost { id: item.id })
         } else {
@@ -443,8 +445,8 @@ impl Store {
     /// counted, so a redelivery knows an earlier attempt may have gone through. Returns how
     /// many were released.
     pub async fn release_claims(&self) -> Result<u64> {
-        Ok(on_pool!(self, pool => sqlx::query(RELEASE_CLAIMS)
-            .execute(pool).await.ctx("release claimed outbox items")?.rows_affected()))
+        Ok(on_writer!(self, conn => sqlx::query(RELEASE_CLAIMS)
+            .execute(&mut *conn).await.ctx("release claimed outbox items").map(|r| r.rows_affected()))?)
     }
 
     /// Failed items to report, oldest first.
@@ -458,16 +460,18 @@ impl Store {
 
     /// Deletes a failed item once it has been reported. Returns whether it existed.
     pub async fn dismiss_failed(&self, id: i64) -> Result<bool> {
-        let n = on_pool!(self, pool => sqlx::query(DISMISS_FAILED).bind(id)
-            .execute(pool).await.ctx("dismiss a failed outbox item")?.rows_affected());
+        let n = on_writer!(self, conn => sqlx::query(DISMISS_FAILED).bind(id)
+            .execute(&mut *conn).await.ctx("dismiss a failed outbox item").map(|r| r.rows_affected()))?;
         Ok(n > 0)
     }
 
     /// Deletes delivered items finished before `before` (unix ms); their dedupe keys are
     /// forgotten with them. Returns how many were removed.
     pub async fn prune_delivered(&self, before: i64) -> Result<u64> {
-        Ok(on_pool!(self, pool => sqlx::query(PRUNE_DONE).bind(before)
-            .execute(pool).await.ctx("prune delivered outbox items")?.rows_affected()))
+        Ok(
+            on_writer!(self, conn => sqlx::query(PRUNE_DONE).bind(before)
+            .execute(&mut *conn).await.ctx("prune delivered outbox items").map(|r| r.rows_affected()))?,
+        )
     }
 
     /// Items not yet delivered or failed (pending or claimed), e.g. for metrics.
