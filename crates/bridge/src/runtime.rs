@@ -545,8 +545,9 @@ impl Bridge {
     /// stays in order; the loop claims again as soon as any delivery ends, so a slow portal
     /// never holds up the others.
     async fn deliver_forever(self, direction: Direction) {
-        // Claims always ask for the same number of items: SQLite re-plans a statement whose
-        // LIMIT value changes. Up to 2×BATCH-1 deliveries may be in flight.
+        // Claims always ask for the same number of items: the limit is part of the statement's
+        // text, so one value keeps one prepared statement. Up to 2×BATCH-1 deliveries may be
+        // in flight.
         const BATCH: u32 = 32;
         let wake = self.wake_signal(direction);
         let mut tasks = tokio::task::JoinSet::new();

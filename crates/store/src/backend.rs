@@ -204,8 +204,8 @@ pub(crate) trait ConnExt {
     type Db: sqlx::Database;
     /// Starts a write transaction, as [`PoolExt::begin_write`].
     async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, Self::Db>>;
-    /// The outbox claim statement for a direction.
-    fn claim_sql(&self, direction: crate::Direction) -> &'static str;
+    /// The outbox claim statement for a direction and a limit.
+    fn claim_sql(&self, direction: crate::Direction, limit: u32) -> String;
     /// The statement claiming the next item of one queue, for a direction.
     fn claim_next_sql(&self, direction: crate::Direction) -> &'static str {
         let [to_xmpp, to_matrix] = crate::outbox::CLAIM_NEXT;
@@ -223,12 +223,8 @@ impl ConnExt for SqliteConnection {
             .await
             .ctx("begin a write transaction")
     }
-    fn claim_sql(&self, direction: crate::Direction) -> &'static str {
-        let [to_xmpp, to_matrix] = crate::outbox::CLAIM_SQLITE;
-        match direction {
-            crate::Direction::ToXmpp => to_xmpp,
-            crate::Direction::ToMatrix => to_matrix,
-        }
+    fn claim_sql(&self, direction: crate::Direction, limit: u32) -> String {
+        crate::outbox::claim_sql(crate::outbox::CLAIM_SQLITE, direction, limit)
     }
 }
 
@@ -237,12 +233,8 @@ impl ConnExt for sqlx::PgConnection {
     async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
         self.begin().await.ctx("begin a write transaction")
     }
-    fn claim_sql(&self, direction: crate::Direction) -> &'static str {
-        let [to_xmpp, to_matrix] = crate::outbox::CLAIM_POSTGRES;
-        match direction {
-            crate::Direction::ToXmpp => to_xmpp,
-            crate::Direction::ToMatrix => to_matrix,
-        }
+    fn claim_sql(&self, direction: crate::Direction, limit: u32) -> String {
+        crate::outbox::claim_sql(crate::outbox::CLAIM_POSTGRES, direction, limit)
     }
 }
 

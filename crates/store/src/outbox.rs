@@ -133,48 +133,65 @@ const SELECT_BY_DEDUPE: &str = "SELECT id FROM outbox WHERE direction = $1 AND d
 /// subquery of the UPDATE it may run again per row and hand out more than LIMIT items.
 /// Conditions are repeated on the updated row so PostgreSQL re-checks them on the locked row
 /// version.
+///
+/// The text is split around the LIMIT value, which is written in, not bound: SQLite's planner
+/// looks at a bound LIMIT, and a statement whose planner looked at a parameter is compiled
+/// again every time that parameter is bound, even to the same value.
 macro_rules! claim_sql {
     ($dir:literal, $lock:literal) => {
-        concat!(
-            "WITH RECURSIVE queues(k) AS ( \
+        (
+            concat!(
+                "WITH RECURSIVE queues(k) AS ( \
                SELECT MIN(queue_key) FROM outbox \
                  WHERE direction = '",
-            $dir,
-            "' AND state IN ('pending', 'claimed') \
+                $dir,
+                "' AND state IN ('pending', 'claimed') \
                UNION ALL \
                SELECT (SELECT MIN(i.queue_key) FROM outbox i WHERE i.direction = '",
-            $dir,
-            "' \
+                $dir,
+                "' \
                    AND i.state IN ('pending', 'claimed') AND i.queue_key > queues.k) \
                  FROM queues WHERE queues.k IS NOT NULL), \
              heads(id) AS ( \
                SELECT (SELECT MIN(h.id) FROM outbox h WHERE h.direction = '",
-            $dir,
-            "' \
+                $dir,
+                "' \
                    AND h.queue_key = queues.k AND h.state IN ('pending', 'claimed')) \
                  FROM queues WHERE queues.k IS NOT NULL), \
              picked(id) AS (SELECT o.id FROM outbox o \
                WHERE o.id IN (SELECT id FROM heads) \
                AND ((o.state = 'pending' AND o.next_attempt_at <= $1) \
                  OR (o.state = 'claimed' AND o.lease_until <= $1)) \
-               ORDER BY o.id LIMIT $2",
-            $lock,
-            ") \
-             UPDATE outbox SET state = 'claimed', lease_token = $3, lease_until = $4, \
+               ORDER BY o.id LIMIT "
+            ),
+            concat!(
+                $lock,
+                ") \
+             UPDATE outbox SET state = 'claimed', lease_token = $2, lease_until = $3, \
                attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM picked) \
              AND ((state = 'pending' AND next_attempt_at <= $1) \
                OR (state = 'claimed' AND lease_until <= $1)) \
              RETURNING id, queue_key, dedupe_key, payload, attempts, created_at"
+            ),
         )
     };
 }
-/// SQLite: run inside `BEGIN IMMEDIATE`, so the whole claim holds the write lock. Per
-/// direction: SQLite re-plans a cached statement when a parameter its plan looked at changes,
-/// and the two delivery loops would otherwise alternate the direction on every claim.
-pub(crate) const CLAIM_SQLITE: [&str; 2] = [claim_sql!("to_xmpp", ""), claim_sql!("to_matrix", "")];
+/// The claim statement for a direction and a limit, from its text around the limit.
+pub(crate) fn claim_sql(parts: [(&str, &str); 2], direction: Direction, limit: u32) -> String {
+    let [to_xmpp, to_matrix] = parts;
+    let (head, tail) = match direction {
+        Direction::ToXmpp => to_xmpp,
+        Direction::ToMatrix => to_matrix,
+    };
+    format!("{head}{limit}{tail}")
+}
+/// SQLite: run inside `BEGIN IMMEDIATE`, so the whole claim holds the write lock. The direction
+/// is written in too, for the same reason as the limit.
+pub(crate) const CLAIM_SQLITE: [(&str, &str); 2] =
+    [claim_sql!("to_xmpp", ""), claim_sql!("to_matrix", "")];
 /// PostgreSQL: rows another claimer has locked are skipped, not waited for.
-pub(crate) const CLAIM_POSTGRES: [&str; 2] = [
+pub(crate) const CLAIM_POSTGRES: [(&str, &str); 2] = [
     claim_sql!("to_xmpp", " FOR UPDATE OF o SKIP LOCKED"),
     claim_sql!("to_matrix", " FOR UPDATE OF o SKIP LOCKED"),
 ];
@@ -337,10 +354,10 @@ impl Store {
         let now = now_millis();
         let token = format!("{:032x}", rand::random::<u128>());
         let mut items = on_writer!(self, conn => {
-            let sql = conn.claim_sql(direction);
+            let sql = sqlx::AssertSqlSafe(conn.claim_sql(direction, limit));
             let mut tx = conn.begin_write().await?;
             let rows = sqlx::query(sql)
-                .bind(now).bind(i64::from(limit)).bind(&token)
+                .bind(now).bind(&token)
                 .bind(now.saturating_add(millis(lease)))
                 .fetch_all(&mut *tx).await.ctx(OP)?;
             tx.commit().await.ctx(OP)?;
