@@ -3,6 +3,7 @@
 use std::str::FromStr as _;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use sqlx::SqlSafeStr as _;
@@ -31,6 +32,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox claim by queue",
         include_str!("../../../migrations/sqlite/0002_outbox_claim_by_queue.sql"),
     ),
+    (
+        3,
+        "outbox with fewer indexes",
+        include_str!("../../../migrations/sqlite/0003_outbox_fewer_indexes.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -42,6 +48,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "outbox claim by queue",
         include_str!("../../../migrations/postgres/0002_outbox_claim_by_queue.sql"),
+    ),
+    (
+        3,
+        "outbox with fewer indexes",
+        include_str!("../../../migrations/postgres/0003_outbox_fewer_indexes.sql"),
     ),
 ];
 
@@ -88,6 +99,10 @@ pub(crate) struct SqliteWriter {
     opts: SqliteConnectOptions,
     /// `None` once the store is closed.
     pub(crate) slot: tokio::sync::Mutex<Option<SqliteConnection>>,
+    /// Set while a [`SqliteWriter::transaction_in_one_trip`] runs: if it is still set when the
+    /// next writer takes the connection, that transaction did not finish (its caller was
+    /// cancelled, or a statement failed) and may still be open on the connection.
+    unsettled: AtomicBool,
 }
 
 impl SqliteWriter {
@@ -96,7 +111,54 @@ impl SqliteWriter {
         Ok(Self {
             opts,
             slot: tokio::sync::Mutex::new(Some(conn)),
+            unsettled: AtomicBool::new(false),
         })
+    }
+
+    /// Rolls back what an unfinished [`SqliteWriter::transaction_in_one_trip`] left open, so
+    /// the next writer does not run inside it. Called with the connection held.
+    pub(crate) async fn settle(&self, conn: &mut SqliteConnection) {
+        if self.unsettled.swap(false, Ordering::AcqRel) {
+            // "no transaction is active" when it had ended after all: nothing to undo.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        }
+    }
+
+    /// Runs a whole write transaction — `BEGIN IMMEDIATE; …; COMMIT` in one text, with `$N`
+    /// parameters numbered across its statements — as one command to the connection's worker
+    /// thread, and returns the rows of all its statements in order. A transaction through
+    /// [`sqlx::Transaction`] costs a round trip to that thread (two thread wake-ups) per
+    /// statement plus one each for BEGIN and COMMIT, which was the largest share of the
+    /// bridge's CPU per message (BENCHMARKS.md). If a statement fails, the transaction is rolled
+    /// back before the error is returned.
+    pub(crate) async fn transaction_in_one_trip(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+        operation: &'static str,
+    ) -> Result<Vec<SqliteRow>> {
+        let mut slot = self.slot.lock().await;
+        let result = async {
+            let Some(conn) = slot.as_mut() else {
+                return Err(Error::Query {
+                    operation,
+                    source: sqlx::Error::PoolClosed,
+                });
+            };
+            self.settle(conn).await;
+            self.unsettled.store(true, Ordering::Release);
+            // `fetch_all`, never `fetch_optional`: asked for one row, the worker stops at the
+            // first row and the statements after it (the COMMIT) would not run.
+            let rows = query.fetch_all(&mut *conn).await.ctx(operation);
+            if rows.is_err() {
+                self.settle(conn).await;
+            } else {
+                self.unsettled.store(false, Ordering::Release);
+            }
+            rows
+        }
+        .await;
+        self.reopen_if_lost(&mut slot, &result).await;
+        result
     }
 
     /// After a failed operation: if the connection itself is gone (its worker thread died or
@@ -156,6 +218,7 @@ macro_rules! on_writer {
                             source: sqlx::Error::PoolClosed,
                         });
                     };
+                    writer.settle($conn).await;
                     $body
                 }
                 .await;
@@ -196,45 +259,6 @@ impl PoolExt for PgPool {
     type Db = sqlx::Postgres;
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         self.begin().await.ctx("begin a write transaction")
-    }
-}
-
-/// What differs per backend on a single connection (see [`on_writer`]).
-pub(crate) trait ConnExt {
-    type Db: sqlx::Database;
-    /// Starts a write transaction, as [`PoolExt::begin_write`].
-    async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, Self::Db>>;
-    /// The outbox claim statement for a direction and a limit.
-    fn claim_sql(&self, direction: crate::Direction, limit: u32) -> String;
-    /// The statement claiming the next item of one queue, for a direction.
-    fn claim_next_sql(&self, direction: crate::Direction) -> &'static str {
-        let [to_xmpp, to_matrix] = crate::outbox::CLAIM_NEXT;
-        match direction {
-            crate::Direction::ToXmpp => to_xmpp,
-            crate::Direction::ToMatrix => to_matrix,
-        }
-    }
-}
-
-impl ConnExt for SqliteConnection {
-    type Db = sqlx::Sqlite;
-    async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
-        self.begin_with("BEGIN IMMEDIATE")
-            .await
-            .ctx("begin a write transaction")
-    }
-    fn claim_sql(&self, direction: crate::Direction, limit: u32) -> String {
-        crate::outbox::claim_sql(crate::outbox::CLAIM_SQLITE, direction, limit)
-    }
-}
-
-impl ConnExt for sqlx::PgConnection {
-    type Db = sqlx::Postgres;
-    async fn begin_write(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
-        self.begin().await.ctx("begin a write transaction")
-    }
-    fn claim_sql(&self, direction: crate::Direction, limit: u32) -> String {
-        crate::outbox::claim_sql(crate::outbox::CLAIM_POSTGRES, direction, limit)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::backend::{ConnExt as _, RowExt, on_pool, on_writer};
+use crate::backend::{Backend, PoolExt as _, RowExt, on_pool, on_writer};
 use crate::error::{Error, QueryContext as _, Result};
 use crate::{Store, now_millis};
 
@@ -178,7 +178,7 @@ macro_rules! claim_sql {
     };
 }
 /// The claim statement for a direction and a limit, from its text around the limit.
-pub(crate) fn claim_sql(parts: [(&str, &str); 2], direction: Direction, limit: u32) -> String {
+fn claim_sql(parts: [(&str, &str); 2], direction: Direction, limit: u32) -> String {
     let [to_xmpp, to_matrix] = parts;
     let (head, tail) = match direction {
         Direction::ToXmpp => to_xmpp,
@@ -188,10 +188,9 @@ pub(crate) fn claim_sql(parts: [(&str, &str); 2], direction: Direction, limit: u
 }
 /// SQLite: run inside `BEGIN IMMEDIATE`, so the whole claim holds the write lock. The direction
 /// is written in too, for the same reason as the limit.
-pub(crate) const CLAIM_SQLITE: [(&str, &str); 2] =
-    [claim_sql!("to_xmpp", ""), claim_sql!("to_matrix", "")];
+const CLAIM_SQLITE: [(&str, &str); 2] = [claim_sql!("to_xmpp", ""), claim_sql!("to_matrix", "")];
 /// PostgreSQL: rows another claimer has locked are skipped, not waited for.
-pub(crate) const CLAIM_POSTGRES: [(&str, &str); 2] = [
+const CLAIM_POSTGRES: [(&str, &str); 2] = [
     claim_sql!("to_xmpp", " FOR UPDATE OF o SKIP LOCKED"),
     claim_sql!("to_matrix", " FOR UPDATE OF o SKIP LOCKED"),
 ];
@@ -199,7 +198,9 @@ pub(crate) const CLAIM_POSTGRES: [(&str, &str); 2] = [
 const ACK: &str = "UPDATE outbox SET state = 'done', finished_at = $3, lease_token = NULL, \
     lease_until = NULL, payload = $4 WHERE id = $1 AND lease_token = $2 AND state = 'claimed'";
 /// Claims the next item of one queue if it is its head, pending and due (after an ack, in the
-/// same transaction). The direction is part of the text, as in the claim.
+/// same transaction). An item never tried is always due: its time was taken when it was
+/// recorded, which may be a moment after the acker took its own. The direction is part of the
+/// text, as in the claim.
 macro_rules! claim_next_sql {
     ($dir:literal) => {
         concat!(
@@ -209,12 +210,46 @@ macro_rules! claim_next_sql {
             $dir,
             "' \
                AND h.queue_key = $3 AND h.state IN ('pending', 'claimed')) \
-             AND state = 'pending' AND next_attempt_at <= $4 \
+             AND state = 'pending' AND (attempts = 0 OR next_attempt_at <= $4) \
              RETURNING id, queue_key, dedupe_key, payload, attempts, created_at"
         )
     };
 }
-pub(crate) const CLAIM_NEXT: [&str; 2] = [claim_next_sql!("to_xmpp"), claim_next_sql!("to_matrix")];
+const CLAIM_NEXT: [&str; 2] = [claim_next_sql!("to_xmpp"), claim_next_sql!("to_matrix")];
+
+/// SQLite: [`Store::ack_and_claim_next`] as one transaction in one text, run in one round trip
+/// to the connection's thread. `$1` id, `$2` lease token, `$3` now, `$4` lease token of the
+/// next item, `$5` its lease end, `$6` queue, `$7`–`$9` the mapping (room, event, stanza; NULL
+/// for none). The ack returns a row when it took (no row: the lease was lost); the next item is
+/// claimed only if the ack took (`changes()` counts the statement just before); the mapping is
+/// saved only for an item we delivered.
+macro_rules! ack_and_claim_next_sqlite {
+    ($dir:literal) => {
+        concat!(
+            "BEGIN IMMEDIATE; \
+             UPDATE outbox SET state = 'done', finished_at = $3, lease_token = NULL, \
+               lease_until = NULL, payload = x'' \
+             WHERE id = $1 AND lease_token = $2 AND state = 'claimed' RETURNING 'ack' AS step; \
+             UPDATE outbox SET state = 'claimed', lease_token = $4, lease_until = $5, \
+               attempts = attempts + 1 \
+             WHERE changes() = 1 AND id = (SELECT MIN(h.id) FROM outbox h WHERE h.direction = '",
+            $dir,
+            "' \
+               AND h.queue_key = $6 AND h.state IN ('pending', 'claimed')) \
+             AND state = 'pending' AND (attempts = 0 OR next_attempt_at <= $3) \
+             RETURNING 'next' AS step, id, queue_key, dedupe_key, payload, attempts, created_at; \
+             INSERT INTO message_map (room_id, matrix_event_id, xmpp_stanza_id, created_at) \
+             SELECT $7, $8, $9, $3 WHERE $7 IS NOT NULL \
+               AND EXISTS (SELECT 1 FROM outbox WHERE id = $1 AND state = 'done' AND finished_at = $3) \
+               AND EXISTS (SELECT 1 FROM portals WHERE room_id = $7) ON CONFLICT DO NOTHING; \
+             COMMIT;"
+        )
+    };
+}
+const ACK_AND_CLAIM_NEXT_SQLITE: [&str; 2] = [
+    ack_and_claim_next_sqlite!("to_xmpp"),
+    ack_and_claim_next_sqlite!("to_matrix"),
+];
 
 /// Saves the message mapping with an ack; skipped (not an error) if the portal is gone.
 const INSERT_MAPPING_IF_PORTAL: &str = "INSERT INTO message_map (room_id, matrix_event_id, \
@@ -353,16 +388,39 @@ impl Store {
         const OP: &str = "claim outbox items";
         let now = now_millis();
         let token = format!("{:032x}", rand::random::<u128>());
-        let mut items = on_writer!(self, conn => {
-            let sql = sqlx::AssertSqlSafe(conn.claim_sql(direction, limit));
-            let mut tx = conn.begin_write().await?;
-            let rows = sqlx::query(sql)
-                .bind(now).bind(&token)
-                .bind(now.saturating_add(millis(lease)))
-                .fetch_all(&mut *tx).await.ctx(OP)?;
-            tx.commit().await.ctx(OP)?;
-            rows.iter().map(|r| claimed_from_row(r, direction, &token)).collect::<Result<Vec<_>>>()
-        })?;
+        let lease_end = now.saturating_add(millis(lease));
+        let rows = match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                let sql = format!(
+                    "BEGIN IMMEDIATE; {}; COMMIT;",
+                    claim_sql(CLAIM_SQLITE, direction, limit)
+                );
+                let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(now)
+                    .bind(&token)
+                    .bind(lease_end);
+                let rows = writer.transaction_in_one_trip(query, OP).await?;
+                rows.iter()
+                    .map(|r| claimed_from_row(r, direction, &token))
+                    .collect::<Result<Vec<_>>>()
+            }
+            Backend::Postgres(pool) => {
+                let sql = sqlx::AssertSqlSafe(claim_sql(CLAIM_POSTGRES, direction, limit));
+                let mut tx = pool.begin_write().await?;
+                let rows = sqlx::query(sql)
+                    .bind(now)
+                    .bind(&token)
+                    .bind(lease_end)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .ctx(OP)?;
+                tx.commit().await.ctx(OP)?;
+                rows.iter()
+                    .map(|r| claimed_from_row(r, direction, &token))
+                    .collect::<Result<Vec<_>>>()
+            }
+        };
+        let mut items = rows?;
         items.sort_by_key(|i| i.id);
         Ok(items)
     }
@@ -394,27 +452,81 @@ impl Store {
         const OP: &str = "ack an outbox item";
         let now = now_millis();
         let token = format!("{:032x}", rand::random::<u128>());
-        let next = on_writer!(self, conn => {
-            let claim_next = conn.claim_next_sql(item.direction);
-            let mut tx = conn.begin_write().await?;
-            let n = sqlx::query(ACK)
-                .bind(item.id).bind(&item.lease_token).bind(now).bind(&[] as &[u8])
-                .execute(&mut *tx).await.ctx(OP)?.rows_affected();
-            if n == 0 {
-                return Err(Error::LeaseLost { id: item.id });
+        let lease_end = now.saturating_add(millis(lease));
+        let [to_xmpp, to_matrix] = match &self.backend {
+            Backend::Sqlite { .. } => ACK_AND_CLAIM_NEXT_SQLITE,
+            Backend::Postgres(_) => CLAIM_NEXT,
+        };
+        let sql = match item.direction {
+            Direction::ToXmpp => to_xmpp,
+            Direction::ToMatrix => to_matrix,
+        };
+        let next = match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                let (room, event, stanza) = match mapping {
+                    Some((room, event, stanza)) => (Some(room), Some(event), Some(stanza)),
+                    None => (None, None, None),
+                };
+                let query = sqlx::query(sql)
+                    .bind(item.id)
+                    .bind(&item.lease_token)
+                    .bind(now)
+                    .bind(&token)
+                    .bind(lease_end)
+                    .bind(&item.queue_key)
+                    .bind(room)
+                    .bind(event)
+                    .bind(stanza);
+                let rows = writer.transaction_in_one_trip(query, OP).await?;
+                let (mut acked, mut next) = (false, None);
+                for row in &rows {
+                    match row.text("step")?.as_str() {
+                        "ack" => acked = true,
+                        _ => next = Some(claimed_from_row(row, item.direction, &token)?),
+                    }
+                }
+                if !acked {
+                    return Err(Error::LeaseLost { id: item.id });
+                }
+                next
             }
-            if let Some((room_id, event_id, stanza_id)) = mapping {
-                sqlx::query(INSERT_MAPPING_IF_PORTAL)
-                    .bind(room_id).bind(event_id).bind(stanza_id).bind(now)
-                    .execute(&mut *tx).await.ctx(OP)?;
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                let n = sqlx::query(ACK)
+                    .bind(item.id)
+                    .bind(&item.lease_token)
+                    .bind(now)
+                    .bind(&[] as &[u8])
+                    .execute(&mut *tx)
+                    .await
+                    .ctx(OP)?
+                    .rows_affected();
+                if n == 0 {
+                    return Err(Error::LeaseLost { id: item.id });
+                }
+                if let Some((room_id, event_id, stanza_id)) = mapping {
+                    sqlx::query(INSERT_MAPPING_IF_PORTAL)
+                        .bind(room_id)
+                        .bind(event_id)
+                        .bind(stanza_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx(OP)?;
+                }
+                let row = sqlx::query(sql)
+                    .bind(&token)
+                    .bind(lease_end)
+                    .bind(&item.queue_key)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .ctx(OP)?;
+                tx.commit().await.ctx(OP)?;
+                row.map(|r| claimed_from_row(&r, item.direction, &token))
+                    .transpose()?
             }
-            let row = sqlx::query(claim_next)
-                .bind(&token).bind(now.saturating_add(millis(lease))).bind(&item.queue_key)
-                .bind(now)
-                .fetch_optional(&mut *tx).await.ctx(OP)?;
-            tx.commit().await.ctx(OP)?;
-            row.map(|r| claimed_from_row(&r, item.direction, &token)).transpose()
-        })?;
+        };
         Ok(next)
     }
 

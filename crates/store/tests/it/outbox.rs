@@ -369,3 +369,49 @@ scenario!(claims_of_a_crashed_run_are_released_at_start, |db| {
     ));
     restarted.close().await;
 });
+
+scenario!(
+    a_cancelled_ack_is_all_or_nothing_and_later_writes_still_commit,
+    |db| {
+        let s = &db.store;
+        enqueue(s, "a", "a1").await;
+        enqueue(s, "a", "a2").await;
+        let a1 = s.claim(IN, 1, LONG).await.unwrap().remove(0);
+        // Polled once, then dropped: the database may be in the middle of the ack's
+        // transaction when its caller goes away.
+        {
+            let ack = s.ack_and_claim_next(&a1, None, LONG);
+            tokio::pin!(ack);
+            let _ = poll_once(ack.as_mut()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A later write commits: it does not run inside what the cancelled ack left open.
+        enqueue(s, "b", "b1").await;
+        let reopened = db.reopen(keyring()).await.unwrap();
+        let heads = reopened
+            .claim(IN, 10, LONG)
+            .await
+            .expect("the write lock was released");
+        let heads: Vec<_> = heads.iter().map(|i| i.payload.as_slice()).collect();
+        assert_eq!(heads, [&b"b1"[..]], "b1 committed, queue a still held");
+        let backlog = reopened.outbox_backlog(IN).await.unwrap();
+        // Either the whole ack happened (a1 done, a2 claimed) or none of it (a1 still
+        // claimed); b1 is there in both cases.
+        assert!(
+            backlog == 2 || backlog == 3,
+            "backlog {backlog}: a half-done ack, or b1 not committed"
+        );
+        reopened.close().await;
+    }
+);
+
+/// Polls a future once, as a `select!` with a ready branch would, and reports whether it was
+/// done.
+async fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
+    let mut f = Some(f);
+    std::future::poll_fn(move |cx| {
+        let done = f.take().is_some_and(|f| f.poll(cx).is_ready());
+        std::task::Poll::Ready(done)
+    })
+    .await
+}
