@@ -37,6 +37,11 @@ use crate::matrix::{MatrixClient, MatrixError, client::user_id};
 const TXN_MARKER: &str = "net.messenger-bridge.txn";
 /// How long a claimed outbox item is ours before another worker may take it over.
 pub(crate) const LEASE: Duration = Duration::from_secs(120);
+/// How often an idle delivery loop looks at the outbox anyway.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How long delivered outbox items are kept: their dedupe keys stop a stanza or event that
+/// comes again (a server resending after a reconnect) from being bridged twice.
+const OUTBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Matrix caps events at 64 KiB; keep message bodies well inside.
 const MAX_MATRIX_BODY: usize = 48 * 1024;
 
@@ -216,6 +221,7 @@ impl Bridge {
         tokio::spawn(self.clone().deliver_forever(Direction::ToMatrix));
         tokio::spawn(self.clone().deliver_forever(Direction::ToXmpp));
         tokio::spawn(self.clone().refresh_tokens_forever());
+        tokio::spawn(self.clone().prune_outbox_forever());
         let users = inner.store.linked_users().await?;
         tracing::info!(
             count = users.len(),
@@ -569,7 +575,9 @@ impl Bridge {
             tokio::select! {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                // Every way an item becomes due wakes the loop (recorded, a queue freed, a
+                // retry's time come, a session up); this only catches an expired lease.
+                () = tokio::time::sleep(IDLE_POLL) => {}
             }
         }
     }
@@ -673,7 +681,10 @@ impl Bridge {
                         tracing::error!(queue = %item.queue_key, error = %e, "gave up delivering a message to Matrix");
                         self.delivery_ended(&item, DeliveryEnd::Other, false);
                     }
-                    _ => self.delivery_ended(&item, DeliveryEnd::Retry, false),
+                    _ => {
+                        self.wake_after(item.direction, delay);
+                        self.delivery_ended(&item, DeliveryEnd::Retry, false);
+                    }
                 }
             }
             Err(e) => {
@@ -842,6 +853,7 @@ impl Bridge {
                     )
                     .await;
                 } else {
+                    self.wake_after(item.direction, delay);
                     self.delivery_ended(&item, DeliveryEnd::Retry, false);
                 }
             }
@@ -886,6 +898,15 @@ impl Bridge {
 
     fn wake(&self, direction: Direction) {
         self.wake_signal(direction).notify_one();
+    }
+
+    /// Wakes the delivery loop of `direction` once `delay` has passed (a retry falls due).
+    fn wake_after(&self, direction: Direction, delay: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            this.wake(direction);
+        });
     }
 
     /// Delivers an item claimed outside the delivery loop (recorded at the head of an idle
@@ -939,6 +960,21 @@ impl Bridge {
     /// The bot says something in a room.
     pub(crate) async fn bot_say(&self, room_id: &str, text: &str) {
         self.post_notice(&self.inner.bot, room_id, text).await;
+    }
+
+    /// Forgets delivered outbox items once they are older than [`OUTBOX_RETENTION`], hourly,
+    /// so the database does not grow with every message ever bridged.
+    async fn prune_outbox_forever(self) {
+        loop {
+            let before = now_ms()
+                .saturating_sub(i64::try_from(OUTBOX_RETENTION.as_millis()).unwrap_or(i64::MAX));
+            match self.inner.store.prune_delivered(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "forgot delivered messages older than a week"),
+                Err(e) => tracing::warn!(error = %e, "could not prune delivered messages"),
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
     }
 
     /// Access tokens are refreshed ahead of expiry (rotating refresh tokens are saved at once),
