@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -75,6 +77,56 @@ impl Matrix {
         }
         count
     }
+}
+
+/// The user's Matrix client keeps syncing for the whole run, as a real client does: Synapse's
+/// CPU then includes delivering every event to one client, and the bench learns from the sync
+/// (not by paging the room again and again) when the burst has arrived.
+fn spawn_sync_loop(
+    matrix: Arc<Matrix>,
+    room: String,
+    ghost: String,
+    since: String,
+    tag: String,
+    seen: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let filter = enc(&json!({"room": {"timeline": {"limit": 5000}}}).to_string());
+        let mut since = since;
+        loop {
+            let page = matrix
+                .call(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/_matrix/client/v3/sync?timeout=30000&filter={filter}&since={}",
+                        enc(&since)
+                    ),
+                    None,
+                )
+                .await;
+            let timeline = &page["rooms"]["join"][&room]["timeline"];
+            if timeline["limited"] == true {
+                eprintln!("warning: the sync timeline was limited; the count may be short");
+            }
+            let new = timeline["events"].as_array().map_or(0, |events| {
+                events
+                    .iter()
+                    .filter(|e| {
+                        e["sender"] == ghost.as_str()
+                            && e["content"]["body"]
+                                .as_str()
+                                .is_some_and(|b| b.starts_with(tag.as_str()))
+                    })
+                    .count()
+            });
+            seen.fetch_add(new, Ordering::SeqCst);
+            if let Some(next) = page["next_batch"].as_str() {
+                since = next.to_owned();
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
 }
 
 fn enc(s: &str) -> String {
@@ -169,11 +221,11 @@ async fn main() {
         .header("content-type", "application/json")
         .body(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": username}, "password": "pass-word-1"}).to_string())
         .send().await.unwrap().bytes().await.unwrap()).unwrap();
-    let matrix = Matrix {
+    let matrix = Arc::new(Matrix {
         http: http.clone(),
         base: env.get("SYNAPSE_URL").to_owned(),
         token: login["access_token"].as_str().unwrap().to_owned(),
-    };
+    });
     let user_id = login["user_id"].as_str().unwrap().to_owned();
     let tokens = testkit::bridge_tokens_json(&env, "alice").await;
     let mut link = tokio::process::Command::new(&bin)
@@ -205,6 +257,7 @@ async fn main() {
         .spawn()
         .unwrap();
     let bridge_pid = bridge.id().unwrap();
+    eprintln!("bridge pid {bridge_pid}");
     let synapse_pid: u32 = env.get("SYNAPSE_PID").parse().unwrap();
     for _ in 0..200 {
         if http
@@ -245,9 +298,26 @@ async fn main() {
         }
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let first = matrix
+        .call(
+            reqwest::Method::GET,
+            "/_matrix/client/v3/sync?timeout=0",
+            None,
+        )
+        .await;
+    let tag = format!("x{}", std::process::id());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let sync = spawn_sync_loop(
+        matrix.clone(),
+        room.clone(),
+        ghost.clone(),
+        first["next_batch"].as_str().unwrap().to_owned(),
+        tag.clone(),
+        seen.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // XMPP → Matrix.
-    let tag = format!("x{}", std::process::id());
     let (b0, s0, t0) = (
         cpu_times(bridge_pid),
         cpu_times(synapse_pid),
@@ -257,8 +327,8 @@ async fn main() {
         bob.send_chat(&alice, Some(&format!("{tag} {i}")), None)
             .await;
     }
-    while matrix.count_from(&room, &ghost, &tag).await < n {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    while seen.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (b1, s1, x_secs) = (
         cpu_times(bridge_pid),
@@ -273,18 +343,25 @@ async fn main() {
         cpu_times(synapse_pid),
         Instant::now(),
     );
-    for i in 0..n {
-        matrix
-            .call(
-                reqwest::Method::PUT,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/send/m.room.message/b{i}",
-                    enc(&room)
-                ),
-                Some(json!({"msgtype": "m.text", "body": format!("{tag2} {i}")})),
-            )
-            .await;
-    }
+    // Sent from a task while Bob's events are read here: a contact whose output is not read
+    // stops reading its XMPP stream too, and the server closes it as idle.
+    let sender = {
+        let (matrix, room, tag2) = (matrix.clone(), room.clone(), tag2.clone());
+        tokio::spawn(async move {
+            for i in 0..n {
+                matrix
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!(
+                            "/_matrix/client/v3/rooms/{}/send/m.room.message/b{i}",
+                            enc(&room)
+                        ),
+                        Some(json!({"msgtype": "m.text", "body": format!("{tag2} {i}")})),
+                    )
+                    .await;
+            }
+        })
+    };
     let mut got = 0;
     while got < n {
         bob.wait_for(Duration::from_secs(120), |e| {
@@ -293,10 +370,26 @@ async fn main() {
         .await;
         got += 1;
     }
+    sender.await.unwrap();
     let (b3, s3, m_secs) = (
         cpu_times(bridge_pid),
         cpu_times(synapse_pid),
         t2.elapsed().as_secs_f64(),
+    );
+    let extra = bob.drain(Duration::from_secs(2)).await;
+    let dupes = extra
+        .iter()
+        .filter(|e| {
+            e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with(&tag2))
+        })
+        .count();
+    assert_eq!(dupes, 0, "Matrix → XMPP: {dupes} messages arrived twice");
+    // Outside the measured spans: every message arrived exactly once.
+    sync.abort();
+    let in_room = matrix.count_from(&room, &ghost, &tag).await;
+    assert_eq!(
+        in_room, n,
+        "XMPP → Matrix: {in_room} of {n} messages in the room"
     );
     let metrics = http
         .get("http://127.0.0.1:29317/metrics")
