@@ -13,8 +13,10 @@ use crate::runtime::{Bridge, short_hash};
 /// Why an event could not be handled now.
 #[derive(Debug)]
 pub(crate) enum HandleError {
-    /// Try again later (the XMPP session is down, the homeserver is busy).
+    /// Try again later (the homeserver is busy, a write failed).
     Retry(String),
+    /// Try again once this user's XMPP session is connected.
+    NotConnected { user: String, reason: String },
     /// It will never work; tell the user.
     Fail(String),
 }
@@ -182,9 +184,10 @@ async fn on_message(
                     .flatten()
                     .map(|u| u.connection_state)
                     .unwrap_or_default();
-                return Err(HandleError::Retry(format!(
-                    "your XMPP account is not connected ({state})"
-                )));
+                return Err(HandleError::NotConnected {
+                    user: sender.to_owned(),
+                    reason: format!("your XMPP account is not connected ({state})"),
+                });
             }
             Err(e) => return Err(HandleError::Retry(e.to_string())),
         }

@@ -28,6 +28,7 @@ use xmpp_core::{Jid, ServerProfile};
 
 use crate::config::BridgeConfig;
 use crate::credentials::StoreCredentials;
+use crate::events::HandleError;
 use crate::ghost::GhostNames;
 use crate::mapping;
 use crate::matrix::{MatrixClient, MatrixError, client::user_id};
@@ -98,6 +99,8 @@ pub(crate) struct Inner {
     /// Queues with an item waiting behind one in flight: when that one ends, the delivery loop
     /// is woken to claim the next.
     waiting: Mutex<HashSet<(Direction, String)>>,
+    /// Per linked user, the rooms whose next message to XMPP waits for their session.
+    waiting_for_session: Mutex<HashMap<String, HashSet<String>>>,
     profile_sync: Semaphore,
     /// Logins in progress.
     pub(crate) logins: crate::linking::Logins,
@@ -174,6 +177,7 @@ impl Bridge {
                 metrics: crate::metrics::Metrics::default(),
                 timings: crate::latency::Timings::default(),
                 waiting: Mutex::default(),
+                waiting_for_session: Mutex::default(),
                 profile_sync: Semaphore::new(4),
                 logins: crate::linking::Logins::new(link_lifetime),
                 oauth,
@@ -841,23 +845,19 @@ impl Bridge {
                 self.delivery_ended(&item, outcome, next.is_some());
                 return next;
             }
-            Err(crate::events::HandleError::Retry(reason)) => {
-                let delay = retry_delay(item.attempts);
-                tracing::info!(room = %item.queue_key, %reason, retry_in = ?delay, "cannot deliver to XMPP yet; will retry");
-                if let Ok(store::RetryOutcome::GaveUp) = store.retry(&item, &reason, delay).await {
-                    self.inner.metrics.failure("xmpp_gave_up");
-                    self.delivery_ended(&item, DeliveryEnd::Other, false);
-                    self.notice_in_room(
-                        &item.queue_key,
-                        &format!("⚠ Your message was not delivered: {reason}"),
-                    )
-                    .await;
-                } else {
-                    self.wake_after(item.direction, delay);
-                    self.delivery_ended(&item, DeliveryEnd::Retry, false);
-                }
+            Err(HandleError::NotConnected { user, reason }) => {
+                // Due again as soon as the session is up, not after its backoff.
+                self.inner
+                    .waiting_for_session
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(user)
+                    .or_default()
+                    .insert(item.queue_key.clone());
+                self.retry_to_xmpp(&item, &reason).await;
             }
-            Err(crate::events::HandleError::Fail(reason)) => {
+            Err(HandleError::Retry(reason)) => self.retry_to_xmpp(&item, &reason).await,
+            Err(HandleError::Fail(reason)) => {
                 self.inner.metrics.failure("xmpp_refused");
                 let _ = store.give_up(&item, &reason).await;
                 self.delivery_ended(&item, DeliveryEnd::Other, false);
@@ -869,6 +869,25 @@ impl Bridge {
             }
         }
         None
+    }
+
+    /// Schedules another attempt of an item that could not go to XMPP now, or gives it up
+    /// with a notice in its room once it has used its attempts.
+    async fn retry_to_xmpp(&self, item: &ClaimedItem, reason: &str) {
+        let delay = retry_delay(item.attempts);
+        tracing::info!(room = %item.queue_key, %reason, retry_in = ?delay, "cannot deliver to XMPP yet; will retry");
+        if let Ok(store::RetryOutcome::GaveUp) = self.inner.store.retry(item, reason, delay).await {
+            self.inner.metrics.failure("xmpp_gave_up");
+            self.delivery_ended(item, DeliveryEnd::Other, false);
+            self.notice_in_room(
+                &item.queue_key,
+                &format!("⚠ Your message was not delivered: {reason}"),
+            )
+            .await;
+        } else {
+            self.wake_after(item.direction, delay);
+            self.delivery_ended(item, DeliveryEnd::Retry, false);
+        }
     }
 
     /// Remembers when a message to be delivered under `key` (its outbox dedupe key) arrived,
@@ -1035,6 +1054,18 @@ impl Bridge {
         };
         match state {
             ConnectionState::Connected { jid } => {
+                let rooms = self
+                    .inner
+                    .waiting_for_session
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(account)
+                    .unwrap_or_default();
+                for room in rooms {
+                    if let Err(e) = self.inner.store.due_now(Direction::ToXmpp, &room).await {
+                        tracing::warn!(user = %account, error = %e, "could not retry waiting messages at once; they go at their retry time");
+                    }
+                }
                 self.inner.wake_to_xmpp.notify_one();
                 if previous_notified {
                     self.notify_user(

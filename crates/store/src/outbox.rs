@@ -265,6 +265,8 @@ const GIVE_UP: &str = "UPDATE outbox SET state = 'failed', finished_at = $3, las
 const SELECT_FAILED: &str = "SELECT id, queue_key, dedupe_key, payload, attempts, last_error, \
     created_at, finished_at FROM outbox WHERE direction = $1 AND state = 'failed' \
     ORDER BY id LIMIT $2";
+const DUE_NOW: &str = "UPDATE outbox SET next_attempt_at = $3 WHERE direction = $1 \
+    AND queue_key = $2 AND state = 'pending' AND next_attempt_at > $3";
 const DISMISS_FAILED: &str = "DELETE FROM outbox WHERE id = $1 AND state = 'failed'";
 const RELEASE_CLAIMS: &str = "UPDATE outbox SET state = 'pending', lease_token = NULL, \
     lease_until = NULL WHERE state = 'claimed'";
@@ -553,6 +555,15 @@ impl Store {
             Some("failed") => Ok(RetryOutcome::GaveUp),
             Some(_) => Ok(RetryOutcome::Scheduled(at)),
         }
+    }
+
+    /// Makes the items of a queue that wait for a retry due now: what they failed on is back
+    /// (the user's XMPP session reconnected), so they need not sit out their backoff. Their
+    /// attempts stay counted. Returns how many items were moved.
+    pub async fn due_now(&self, direction: Direction, queue_key: &str) -> Result<u64> {
+        Ok(on_writer!(self, conn => sqlx::query(DUE_NOW)
+            .bind(direction.as_str()).bind(queue_key).bind(now_millis())
+            .execute(&mut *conn).await.ctx("retry outbox items now").map(|r| r.rows_affected()))?)
     }
 
     /// Gives up on a claimed item now (a permanent error); it becomes failed and the queue

@@ -415,3 +415,23 @@ async fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
     })
     .await
 }
+
+scenario!(items_waiting_for_a_retry_can_be_made_due_at_once, |db| {
+    let s = &db.store;
+    enqueue(s, "a", "a1").await;
+    enqueue(s, "a", "a2").await;
+    enqueue(s, "b", "b1").await;
+    let claimed = s.claim(IN, 10, LONG).await.unwrap();
+    for item in &claimed {
+        s.retry(item, "session down", LONG).await.unwrap();
+    }
+    assert!(s.claim(IN, 10, LONG).await.unwrap().is_empty());
+    // Queue a's session is back: its head is due now, b still waits out its delay.
+    assert_eq!(s.due_now(IN, "a").await.unwrap(), 1);
+    let again = s.claim(IN, 10, LONG).await.unwrap();
+    let got: Vec<_> = again
+        .iter()
+        .map(|i| (i.payload.as_slice(), i.attempts))
+        .collect();
+    assert_eq!(got, [(&b"a1"[..], 2)]);
+});
