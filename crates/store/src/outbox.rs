@@ -179,12 +179,15 @@ macro_rules! claim_sql {
 }
 /// The claim statement for a direction and a limit, from its text around the limit.
 fn claim_sql(parts: [(&str, &str); 2], direction: Direction, limit: u32) -> String {
-    let [to_xmpp, to_matrix] = parts;
-    let (head, tail) = match direction {
+    let (head, tail) = for_direction(parts, direction);
+    format!("{head}{limit}{tail}")
+}
+/// The entry of a `[to_xmpp, to_matrix]` pair of statements for `direction`.
+fn for_direction<T>([to_xmpp, to_matrix]: [T; 2], direction: Direction) -> T {
+    match direction {
         Direction::ToXmpp => to_xmpp,
         Direction::ToMatrix => to_matrix,
-    };
-    format!("{head}{limit}{tail}")
+    }
 }
 /// SQLite: run inside `BEGIN IMMEDIATE`, so the whole claim holds the write lock. The direction
 /// is written in too, for the same reason as the limit.
@@ -455,21 +458,13 @@ impl Store {
         let now = now_millis();
         let token = format!("{:032x}", rand::random::<u128>());
         let lease_end = now.saturating_add(millis(lease));
-        let [to_xmpp, to_matrix] = match &self.backend {
-            Backend::Sqlite { .. } => ACK_AND_CLAIM_NEXT_SQLITE,
-            Backend::Postgres(_) => CLAIM_NEXT,
-        };
-        let sql = match item.direction {
-            Direction::ToXmpp => to_xmpp,
-            Direction::ToMatrix => to_matrix,
-        };
         let next = match &self.backend {
             Backend::Sqlite { writer, .. } => {
                 let (room, event, stanza) = match mapping {
                     Some((room, event, stanza)) => (Some(room), Some(event), Some(stanza)),
                     None => (None, None, None),
                 };
-                let query = sqlx::query(sql)
+                let query = sqlx::query(for_direction(ACK_AND_CLAIM_NEXT_SQLITE, item.direction))
                     .bind(item.id)
                     .bind(&item.lease_token)
                     .bind(now)
@@ -516,7 +511,7 @@ impl Store {
                         .await
                         .ctx(OP)?;
                 }
-                let row = sqlx::query(sql)
+                let row = sqlx::query(for_direction(CLAIM_NEXT, item.direction))
                     .bind(&token)
                     .bind(lease_end)
                     .bind(&item.queue_key)
