@@ -58,10 +58,11 @@ scenario!(corrupted_ciphertext_fails_for_that_user_only, |db| {
         s.upsert_linked_user(&user(u, j)).await.unwrap();
         s.set_oauth_tokens(u, &tokens()).await.unwrap();
     }
-    // Flip the last byte of @a:x's access token ciphertext.
+    // Change the last byte of @a:x's access token ciphertext (to a value it surely did not have).
     db.raw_exec(
         "UPDATE user_secrets SET sealed = substr(sealed, 1, length(sealed) - 1) || \
-         x'00' WHERE matrix_user = '@a:x' AND slot = 'oauth_access'",
+         CASE WHEN substr(sealed, -1) = x'00' THEN x'01' ELSE x'00' END \
+         WHERE matrix_user = '@a:x' AND slot = 'oauth_access'",
         "UPDATE user_secrets SET sealed = set_byte(sealed, length(sealed) - 1, \
          get_byte(sealed, length(sealed) - 1) # 1) \
          WHERE matrix_user = '@a:x' AND slot = 'oauth_access'",
