@@ -3,7 +3,7 @@
 use xmpp_core::Jid;
 use xmpp_core::stanza::{Presence, Show};
 
-use crate::runtime::Bridge;
+use crate::context::Bridge;
 
 const HELP: &str = "Commands:
 • login — link your Messenger account (a sign-in link)
