@@ -64,6 +64,10 @@ pub(crate) struct Inner {
     /// Per linked user, the rooms whose next message to XMPP waits for their session.
     pub(crate) waiting_for_session: Mutex<HashMap<String, HashSet<String>>>,
     pub(crate) profile_sync: Semaphore,
+    /// Rooms told that the bridge cannot read encryption (once per run).
+    pub(crate) encryption_told: Mutex<HashSet<String>>,
+    /// Users the bot opened an unencrypted room for in this run.
+    pub(crate) plain_rooms_opened: Mutex<HashSet<String>>,
     /// Logins in progress.
     pub(crate) logins: crate::linking::pending::Logins,
     /// The OAuth provider's token endpoint (refresh, device flow).
@@ -141,6 +145,8 @@ impl Bridge {
                 waiting: Mutex::default(),
                 waiting_for_session: Mutex::default(),
                 profile_sync: Semaphore::new(4),
+                encryption_told: Mutex::default(),
+                plain_rooms_opened: Mutex::default(),
                 logins: crate::linking::pending::Logins::new(link_lifetime),
                 oauth,
                 xmpp_tls,

@@ -27,6 +27,65 @@ pub(crate) enum DeliveryEnd {
 }
 
 impl Bridge {
+    /// After a failed attempt that may work later: schedules the next one (capped backoff) for
+    /// as long as the configured `retry_for_secs` since the item was recorded, then gives it up.
+    /// Returns whether it gave up (the caller tells the user).
+    pub(crate) async fn retry_later(&self, item: &ClaimedItem, reason: &str) -> bool {
+        let config = &self.inner.config.bridge;
+        let retry_for =
+            i64::try_from(config.retry_for_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if now_ms().saturating_sub(item.created_at) > retry_for {
+            tracing::error!(queue = %item.queue_key, %reason, "giving up a message after retrying it for bridge.retry_for_secs");
+            self.give_up(item, reason).await;
+            return true;
+        }
+        let delay = retry_delay(
+            item.attempts,
+            Duration::from_secs(config.retry_max_delay_secs),
+        );
+        self.schedule_retry(item, reason, delay).await
+    }
+
+    /// Tries an item again at once (what it failed on was mended).
+    pub(crate) async fn retry_now(&self, item: &ClaimedItem, reason: &str) {
+        self.schedule_retry(item, reason, Duration::ZERO).await;
+    }
+
+    async fn schedule_retry(&self, item: &ClaimedItem, reason: &str, delay: Duration) -> bool {
+        self.inner.metrics.failure(match item.direction {
+            Direction::ToMatrix => "matrix_retry",
+            Direction::ToXmpp => "xmpp_retry",
+        });
+        match self.inner.store.retry(item, reason, delay).await {
+            Ok(store::RetryOutcome::Scheduled(_)) => {
+                self.wake_after(item.direction, delay);
+                self.delivery_ended(item, DeliveryEnd::Retry, false);
+                false
+            }
+            Ok(store::RetryOutcome::GaveUp) => {
+                self.delivery_ended(item, DeliveryEnd::Other, false);
+                true
+            }
+            Err(e) => {
+                // The item stays claimed until its lease runs out; then it is handed out again.
+                tracing::error!(queue = %item.queue_key, error = %e, "cannot schedule a retry; the item comes back when its lease expires");
+                self.delivery_ended(item, DeliveryEnd::Retry, false);
+                false
+            }
+        }
+    }
+
+    /// Marks an item failed for good (kept in the outbox with its reason); its queue moves on.
+    pub(crate) async fn give_up(&self, item: &ClaimedItem, reason: &str) {
+        if let Err(e) = self.inner.store.give_up(item, reason).await {
+            // Its lease runs out and it is tried (and given up) again.
+            tracing::error!(queue = %item.queue_key, error = %e, "cannot mark an item failed; it comes back when its lease expires");
+            self.delivery_ended(item, DeliveryEnd::Retry, false);
+            return;
+        }
+        self.delivery_ended(item, DeliveryEnd::Other, false);
+    }
+
     /// Claims outbox items of one direction and delivers them, concurrently across queues. The
     /// store hands out only a queue's head, never an item behind one in flight, so each portal
     /// stays in order; the loop claims again as soon as any delivery ends, so a slow portal
@@ -196,8 +255,26 @@ impl Bridge {
     }
 }
 
-/// Exponential retry delay: 2 s, 4 s, … up to 5 minutes.
-pub(crate) fn retry_delay(attempts: i64) -> Duration {
-    let exp = u32::try_from(attempts.clamp(0, 8)).unwrap_or(8);
-    Duration::from_secs(2u64 << exp).min(Duration::from_secs(300))
+/// Exponential retry delay: 2 s, 4 s, … up to `max`.
+pub(crate) fn retry_delay(attempts: i64, max: Duration) -> Duration {
+    let exp = u32::try_from(attempts.clamp(0, 16)).unwrap_or(16);
+    Duration::from_secs(2u64 << exp).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_its_cap() {
+        let cap = Duration::from_secs(300);
+        assert_eq!(retry_delay(0, cap), Duration::from_secs(2));
+        assert_eq!(retry_delay(3, cap), Duration::from_secs(16));
+        assert_eq!(retry_delay(10, cap), cap);
+        assert_eq!(retry_delay(i64::MAX, cap), cap);
+        assert_eq!(
+            retry_delay(5, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ruma::{OwnedUserId, UserId};
-use sha2::Digest;
+use sha1::Digest;
 use store::Ghost;
 use xmpp_core::Jid;
 
@@ -80,16 +80,12 @@ impl Bridge {
         } else {
             None
         };
-        let roster_name = inner
-            .roster_names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&(account.to_owned(), jid.clone()))
-            .cloned();
+        // The ghost is shared by every user who has this contact: its name comes from the
+        // contact's own vCard, never from one user's private roster alias (that one names the
+        // user's portal only).
         let name = vcard
             .as_ref()
             .and_then(|v| v.display_name().map(str::to_owned))
-            .or(roster_name)
             .or_else(|| record.as_ref().and_then(|r| r.display_name.clone()))
             .unwrap_or_else(|| contact.local().unwrap_or(contact.domain()).to_owned());
         let mut updated = record.clone().unwrap_or(Ghost {
@@ -105,7 +101,9 @@ impl Bridge {
             updated.display_name = Some(name);
         }
         if let Some(photo) = vcard.as_ref().and_then(|v| v.photo.as_ref()) {
-            let hash: String = sha2::Sha256::digest(&photo.data)
+            // XEP-0153 announces SHA-1 of the image: store the same, so a presence with a known
+            // hash does not fetch the vCard again.
+            let hash: String = sha1::Sha1::digest(&photo.data)
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();

@@ -21,6 +21,7 @@ pub mod mapping;
 pub mod matrix;
 pub mod metrics;
 mod notices;
+mod payload;
 mod portal_cache;
 mod portals;
 mod sessions;

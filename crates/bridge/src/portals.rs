@@ -12,6 +12,27 @@ use crate::matrix::MatrixError;
 use crate::portal_cache::PortalCache;
 
 impl Bridge {
+    /// Forgets a portal that can no longer be used (the user left it, or the ghost was kicked):
+    /// the next message either way opens a new one. The ghost leaves the old room.
+    pub(crate) async fn forget_portal(
+        &self,
+        user: &str,
+        contact: &str,
+        room: &RoomId,
+    ) -> Result<(), store::Error> {
+        self.inner.store.delete_portal(room.as_str()).await?;
+        self.portals().remove_room(room.as_str());
+        tracing::info!(%user, %contact, %room, "forgot a portal");
+        if let Ok(contact) = Jid::parse(contact) {
+            let _ = self
+                .inner
+                .matrix
+                .leave(&self.inner.ghosts.user_id(&contact), room)
+                .await;
+        }
+        Ok(())
+    }
+
     /// The portal room of (`account`, `contact`), created (as the ghost, inviting the user) if
     /// there is none.
     pub(crate) async fn ensure_portal(
@@ -46,6 +67,13 @@ impl Bridge {
         request.invite = vec![user];
         request.is_direct = true;
         request.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
+        // The user's own alias for this contact names their portal (only theirs).
+        request.name = inner
+            .roster_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(account.to_owned(), jid.clone()))
+            .cloned();
         request.initial_state = self
             .bridge_state(contact, &ghost, &name)
             .into_iter()

@@ -118,9 +118,10 @@ impl Bridge {
         };
         self.inner.metrics.session_state(account, label);
         if let Err(e) = self.inner.store.set_connection_state(account, label).await {
-            tracing::debug!(error = %e, "could not save the connection state");
+            // Only the `status` answer and the start-up skip of refused logins read it.
+            tracing::warn!(user = %account, error = %e, "could not save the connection state");
         }
-        let previous_notified = {
+        let (previous_notified, was_refused) = {
             let mut states = self
                 .inner
                 .states
@@ -130,12 +131,16 @@ impl Bridge {
                 .get(account)
                 .map(|(_, notified)| *notified)
                 .unwrap_or(false);
+            let was_refused = matches!(
+                states.get(account),
+                Some((ConnectionState::BadCredentials { .. }, _))
+            );
             let keep = matches!(
                 state,
                 ConnectionState::TransientDisconnect { .. } | ConnectionState::Connecting
             ) && prev;
             states.insert(account.to_owned(), (state.clone(), keep));
-            prev
+            (prev, was_refused)
         };
         match state {
             ConnectionState::Connected { jid } => {
@@ -161,7 +166,11 @@ impl Bridge {
                 }
             }
             ConnectionState::BadCredentials { reason } => {
-                self.notify_user(account, &format!("❌ The XMPP login was refused: {reason}. Send `login` to link your account again.")).await;
+                // The details are for the operator's log; the user is told once what to do.
+                tracing::warn!(user = %account, %reason, "the XMPP login was refused; the user is asked to log in again");
+                if !was_refused {
+                    self.notify_user(account, "❌ Your account's sign-in is no longer accepted (it expired or was revoked). Send `login` to link your account again.").await;
+                }
             }
             ConnectionState::Failed { reason } => {
                 self.notify_user(account, &format!("❌ Cannot connect to XMPP: {reason}. The bridge administrator needs to fix the configuration.")).await;

@@ -145,9 +145,11 @@ fn init_logging(settings: &Settings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(&settings.logging.filter));
+    // Colour codes only for a terminal: a log file or journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if settings.logging.format == "json" {
         builder.json().init();
     } else {
@@ -161,6 +163,8 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let mut config = StoreConfig::new(settings.database.url.clone(), keyring);
     config.max_connections = settings.database.max_connections;
     config.connect_attempts = settings.database.connect_attempts.max(1);
+    // The bridge gives up by age (bridge.retry_for_secs), not by a count of attempts.
+    config.outbox_max_attempts = u32::MAX;
     config.sqlite_sync = match settings.database.sqlite_synchronous {
         settings::SqliteSynchronous::Full => store::SqliteSync::Full,
         settings::SqliteSynchronous::Normal => store::SqliteSync::Normal,

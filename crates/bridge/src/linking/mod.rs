@@ -228,10 +228,14 @@ pub(crate) async fn revoke(bridge: &Bridge, user: &str) {
     .into_iter()
     .flatten()
     {
-        let mut req = http.post(url).form(&[("token", token)]);
-        req = match &o.client_secret {
-            Some(s) => req.basic_auth(&o.client_id, Some(s)),
-            None => req.form(&[("token", token), ("client_id", o.client_id.as_str())]),
+        let req = match o.client_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => http
+                .post(url)
+                .form(&[("token", token)])
+                .basic_auth(&o.client_id, Some(s)),
+            None => http
+                .post(url)
+                .form(&[("token", token), ("client_id", o.client_id.as_str())]),
         };
         if let Err(e) = req.send().await {
             tracing::warn!(%user, error = %e, "could not revoke a token at the provider");

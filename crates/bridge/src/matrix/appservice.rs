@@ -186,7 +186,7 @@ fn should_record(bridge: &Bridge, event: &Value) -> bool {
     }
     matches!(
         event["type"].as_str(),
-        Some("m.room.message" | "m.room.member")
+        Some("m.room.message" | "m.room.member" | "m.room.encrypted" | "m.room.encryption")
     )
 }
 

@@ -3,21 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use store::{ClaimedItem, Direction, Queued};
+use store::{Direction, Queued};
 use xmpp_core::Jid;
-use xmpp_core::stanza::{ChatState, Message, MessageType};
+use xmpp_core::stanza::{Message, MessageType};
 
 use crate::context::{Bridge, now_ms, short_hash};
-use crate::delivery::{DeliveryEnd, LEASE, retry_delay};
+use crate::delivery::LEASE;
 use crate::mapping;
-use crate::matrix::MatrixError;
-
-/// Content key marking the events the bridge sent, with the transaction id they were sent
-/// with; lets a retry find out whether an earlier attempt went through.
-const TXN_MARKER: &str = "net.messenger-bridge.txn";
-/// Matrix caps events at 64 KiB; keep message bodies well inside.
-const MAX_MATRIX_BODY: usize = 48 * 1024;
+use crate::payload::ToMatrix;
 
 impl Bridge {
     pub(crate) async fn on_xmpp_message(&self, account: &str, m: Message) {
@@ -33,8 +26,11 @@ impl Bridge {
                     .as_ref()
                     .map_or_else(|| "unknown error".to_owned(), ToString::to_string);
                 self.inner.metrics.failure("xmpp_error_reply");
-                let payload = json!({"kind": "notice", "user": account, "contact": contact,
-                    "text": format!("⚠ Your message was not delivered: {reason}")});
+                let payload = ToMatrix::notice(
+                    account,
+                    &contact,
+                    format!("⚠ Your message was not delivered: {reason}"),
+                );
                 self.enqueue_to_matrix(account, &contact, &payload, None, Instant::now())
                     .await;
                 return;
@@ -45,15 +41,17 @@ impl Bridge {
             }
             MessageType::Chat | MessageType::Normal => {}
         }
-        if let Some(state) = m.chat_state {
-            let typing = m.body.is_none() && mapping::chat_state_is_typing(state);
-            if m.body.is_none() || state != ChatState::Composing {
-                self.set_ghost_typing(account, &from, typing).await;
+        let body = m.body.filter(|b| !b.is_empty());
+        let Some(body) = body else {
+            // A chat state alone (XEP-0085): the ghost's typing, sent only when it changes.
+            if let Some(state) = m.chat_state {
+                self.set_ghost_typing(account, &from, mapping::chat_state_is_typing(state))
+                    .await;
             }
-        }
-        let Some(body) = m.body.filter(|b| !b.is_empty()) else {
             return;
         };
+        // Recorded before anything else is done with it: the store is the only place a
+        // received stanza lives. Its delivery ends the ghost's typing (XEP-0085 §5.3).
         let received = now_ms();
         let ts = m.delay.as_ref().map(xmpp_core::stanza::Delay::unix_millis);
         let dedupe = match &m.id {
@@ -64,8 +62,7 @@ impl Bridge {
                 ts.unwrap_or(received)
             ),
         };
-        let payload = json!({"kind": "message", "user": account, "contact": contact, "body": body,
-            "ts": ts, "stanza_id": m.id, "received": received});
+        let payload = ToMatrix::message(account, &contact, body, ts, m.id, received);
         self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
             .await;
     }
@@ -76,12 +73,12 @@ impl Bridge {
         &self,
         account: &str,
         contact: &str,
-        payload: &Value,
+        payload: &ToMatrix,
         dedupe: Option<&str>,
         arrived: Instant,
     ) {
         let queue = format!("{account}|{contact}");
-        let bytes = serde_json::to_vec(payload).unwrap_or_default();
+        let bytes = payload.to_bytes();
         // The store is the only place a received stanza lives: retry until it is recorded.
         let mut delay = Duration::from_millis(100);
         loop {
@@ -112,172 +109,6 @@ impl Bridge {
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
-        }
-    }
-
-    /// Delivers one item to Matrix; returns the next item of its queue if the ack took one.
-    pub(crate) async fn deliver_to_matrix(&self, item: ClaimedItem) -> Option<ClaimedItem> {
-        let payload: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
-        let mut remote = Duration::ZERO;
-        let result = self.send_to_matrix(&item, &payload, &mut remote).await;
-        let store = &self.inner.store;
-        match result {
-            Ok(mapping) => {
-                let done = Instant::now();
-                let next = self.ack(&item, mapping.as_ref()).await;
-                let outcome = if payload["kind"] == "message" {
-                    DeliveryEnd::Message { remote, done }
-                } else {
-                    DeliveryEnd::Other
-                };
-                self.delivery_ended(&item, outcome, next.is_some());
-                return next;
-            }
-            Err(e) if e.is_transient() => {
-                let delay = retry_delay(item.attempts);
-                tracing::warn!(queue = %item.queue_key, error = %e, retry_in = ?delay, "delivery to Matrix failed; will retry");
-                match store.retry(&item, &e.to_string(), delay).await {
-                    Ok(store::RetryOutcome::GaveUp) => {
-                        self.inner.metrics.failure("matrix_gave_up");
-                        tracing::error!(queue = %item.queue_key, error = %e, "gave up delivering a message to Matrix");
-                        self.delivery_ended(&item, DeliveryEnd::Other, false);
-                    }
-                    _ => {
-                        self.wake_after(item.direction, delay);
-                        self.delivery_ended(&item, DeliveryEnd::Retry, false);
-                    }
-                }
-            }
-            Err(e) => {
-                self.inner.metrics.failure("matrix_refused");
-                tracing::error!(queue = %item.queue_key, error = %e, "Matrix refused a message; not retrying");
-                let _ = store.give_up(&item, &e.to_string()).await;
-                self.delivery_ended(&item, DeliveryEnd::Other, false);
-            }
-        }
-        None
-    }
-
-    /// Sends one outbox item to Matrix; `remote` accumulates the time spent waiting for the
-    /// homeserver. Returns the `(room, event, stanza id)` mapping of a bridged message.
-    pub(crate) async fn send_to_matrix(
-        &self,
-        item: &ClaimedItem,
-        payload: &Value,
-        remote: &mut Duration,
-    ) -> Result<Option<(String, String, String)>, MatrixError> {
-        let (Some(user), Some(contact)) = (payload["user"].as_str(), payload["contact"].as_str())
-        else {
-            return Err(MatrixError::Invalid {
-                what: "an outbox item",
-                reason: "missing user or contact".into(),
-            });
-        };
-        let contact_jid = Jid::parse(contact).map_err(|e| MatrixError::Invalid {
-            what: "an outbox item",
-            reason: e.to_string(),
-        })?;
-        let ghost = self.ensure_ghost(user, &contact_jid, false).await?;
-        let room = self.ensure_portal(user, &contact_jid).await?;
-        match payload["kind"].as_str() {
-            Some("message") => {
-                let body = payload["body"].as_str().unwrap_or_default();
-                let ts = payload["ts"].as_i64();
-                let parts = mapping::split_text(body, MAX_MATRIX_BODY);
-                let mut last_event = None;
-                // A retry may follow an attempt the homeserver did accept (its answer was lost,
-                // or it restarted and forgot the transaction id): look for our own marker first.
-                let already = if item.attempts > 1 {
-                    let t = Instant::now();
-                    let events = self.inner.matrix.recent_events(&ghost, &room, 100).await?;
-                    *remote += t.elapsed();
-                    events
-                } else {
-                    Vec::new()
-                };
-                for (i, part) in parts.iter().enumerate() {
-                    // Derived from the outbox item: a retry after a crash reuses it, and the
-                    // homeserver answers with the event it already has.
-                    let txn = format!("xmpp-{}-{i}", item.id);
-                    if let Some(event) = already
-                        .iter()
-                        .find(|e| e["content"][TXN_MARKER] == txn.as_str())
-                    {
-                        last_event = event["event_id"]
-                            .as_str()
-                            .and_then(|id| ruma::EventId::parse(id).ok());
-                        continue;
-                    }
-                    let mut content = mapping::xmpp_body_to_matrix(part);
-                    content[TXN_MARKER] = Value::String(txn.clone());
-                    let raw = ruma::serde::Raw::from_json(
-                        serde_json::value::to_raw_value(&content).map_err(|e| {
-                            MatrixError::Invalid {
-                                what: "a message",
-                                reason: e.to_string(),
-                            }
-                        })?,
-                    );
-                    let t = Instant::now();
-                    let event = self
-                        .inner
-                        .matrix
-                        .send_message(&ghost, &room, &txn, raw, "m.room.message", ts)
-                        .await?;
-                    *remote += t.elapsed();
-                    last_event = Some(event);
-                }
-                let mapping = match (last_event, payload["stanza_id"].as_str()) {
-                    (Some(event), Some(stanza)) => {
-                        Some((room.to_string(), event.to_string(), stanza.to_owned()))
-                    }
-                    _ => None,
-                };
-                // A message ends typing (XEP-0085 §5.3), if the ghost was shown typing.
-                let was_typing = self
-                    .inner
-                    .ghost_typing
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&format!("{room}|{ghost}"));
-                if was_typing {
-                    let t = Instant::now();
-                    let _ = self
-                        .inner
-                        .matrix
-                        .set_typing(&ghost, &room, false, Duration::from_secs(1))
-                        .await;
-                    *remote += t.elapsed();
-                }
-                Ok(mapping)
-            }
-            Some("notice") => {
-                let text = payload["text"].as_str().unwrap_or("⚠");
-                let raw = ruma::serde::Raw::from_json(
-                    serde_json::value::to_raw_value(&mapping::notice(text)).map_err(|e| {
-                        MatrixError::Invalid {
-                            what: "a notice",
-                            reason: e.to_string(),
-                        }
-                    })?,
-                );
-                self.inner
-                    .matrix
-                    .send_message(
-                        &ghost,
-                        &room,
-                        &format!("xmpp-{}", item.id),
-                        raw,
-                        "m.room.message",
-                        None,
-                    )
-                    .await?;
-                Ok(None)
-            }
-            other => Err(MatrixError::Invalid {
-                what: "an outbox item",
-                reason: format!("unknown kind {other:?}"),
-            }),
         }
     }
 }

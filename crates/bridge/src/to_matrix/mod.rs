@@ -2,9 +2,12 @@
 //! task: messages are recorded and delivered to the portal, presence and chat states shown on the
 //! ghost, roster names remembered.
 
+mod deliver;
 mod message;
 mod presence;
 mod typing;
+
+use std::collections::HashMap;
 
 use tokio::sync::mpsc;
 use xmpp_core::Jid;
@@ -14,30 +17,60 @@ use xmpp_core::session::SessionEvent;
 use crate::context::Bridge;
 
 impl Bridge {
+    /// Hands each account's XMPP events to that account's own task, so they are handled in
+    /// order per account while a slow homeserver call for one user never stalls the others.
     pub(crate) async fn xmpp_event_loop(self, mut events: mpsc::Receiver<AccountEvent>) {
+        let mut accounts: HashMap<String, mpsc::UnboundedSender<ManagerEvent>> = HashMap::new();
         while let Some(AccountEvent { account, event }) = events.recv().await {
-            match event {
-                ManagerEvent::State(state) => self.on_state(&account, state).await,
-                ManagerEvent::Roster(items) => {
-                    for item in items {
-                        self.remember_roster_name(&account, &item);
-                        self.spawn_profile_sync(&account, item.jid.clone());
-                    }
+            let queue = accounts.entry(account.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(self.clone().account_events(account.clone(), rx));
+                tx
+            });
+            if let Err(mpsc::error::SendError(event)) = queue.send(event) {
+                // The account's task ended (it panicked): start a new one for what follows.
+                tracing::error!(user = %account, "the account's event task had stopped; restarting it");
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(self.clone().account_events(account.clone(), rx));
+                let _ = tx.send(event);
+                accounts.insert(account, tx);
+            }
+        }
+    }
+
+    /// One account's XMPP events, in order.
+    async fn account_events(
+        self,
+        account: String,
+        mut events: mpsc::UnboundedReceiver<ManagerEvent>,
+    ) {
+        while let Some(event) = events.recv().await {
+            self.on_account_event(&account, event).await;
+        }
+    }
+
+    async fn on_account_event(&self, account: &str, event: ManagerEvent) {
+        match event {
+            ManagerEvent::State(state) => self.on_state(account, state).await,
+            ManagerEvent::Roster(items) => {
+                for item in items {
+                    self.remember_roster_name(account, &item);
+                    self.spawn_profile_sync(account, item.jid.clone());
                 }
-                ManagerEvent::Session(SessionEvent::RosterPush(items)) => {
-                    for item in items {
-                        self.remember_roster_name(&account, &item);
-                    }
+            }
+            ManagerEvent::Session(SessionEvent::RosterPush(items)) => {
+                for item in items {
+                    self.remember_roster_name(account, &item);
                 }
-                ManagerEvent::Session(SessionEvent::Message(m)) => {
-                    self.on_xmpp_message(&account, m).await
-                }
-                ManagerEvent::Session(SessionEvent::Presence(p)) => {
-                    self.on_xmpp_presence(&account, p).await
-                }
-                ManagerEvent::Session(SessionEvent::Invalid { reason }) => {
-                    tracing::warn!(user = %account, %reason, "ignored a stanza the bridge cannot understand");
-                }
+            }
+            ManagerEvent::Session(SessionEvent::Message(m)) => {
+                self.on_xmpp_message(account, m).await;
+            }
+            ManagerEvent::Session(SessionEvent::Presence(p)) => {
+                self.on_xmpp_presence(account, p).await;
+            }
+            ManagerEvent::Session(SessionEvent::Invalid { reason }) => {
+                tracing::warn!(user = %account, %reason, "ignored a stanza the bridge cannot understand");
             }
         }
     }

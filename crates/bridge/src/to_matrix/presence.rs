@@ -55,7 +55,8 @@ impl Bridge {
                 .ok()
                 .flatten()
                 .and_then(|g| g.avatar_hash);
-            if known.as_deref() != Some(hash.as_str()) && !hash.is_empty() {
+            let same = known.is_some_and(|k| k.eq_ignore_ascii_case(hash));
+            if !same && !hash.is_empty() {
                 self.spawn_profile_sync(account, from.clone());
             }
         }

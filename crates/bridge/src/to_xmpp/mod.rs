@@ -2,6 +2,7 @@
 //! invitations and membership changes manage portals, messages to the bot are commands, and
 //! ephemeral data (typing, presence) goes straight out.
 
+mod encrypted;
 mod ephemeral;
 mod membership;
 mod message;
@@ -12,7 +13,7 @@ use serde_json::Value;
 use store::ClaimedItem;
 
 use crate::context::Bridge;
-use crate::delivery::{DeliveryEnd, retry_delay};
+use crate::delivery::DeliveryEnd;
 
 /// Why an event could not be handled now.
 #[derive(Debug)]
@@ -46,7 +47,15 @@ pub(crate) async fn handle_matrix_event(
     }
     match kind {
         "m.room.member" => {
-            membership::on_membership(bridge, event, sender, room_id).await;
+            membership::on_membership(bridge, event, sender, room_id).await?;
+            Ok(None)
+        }
+        "m.room.encrypted" => {
+            bridge.on_encrypted_message(sender, room_id).await;
+            Ok(None)
+        }
+        "m.room.encryption" => {
+            bridge.on_encryption_enabled(sender, room_id).await;
             Ok(None)
         }
         "m.room.message" => message::on_message(bridge, event, sender, room_id).await,
@@ -57,8 +66,17 @@ pub(crate) async fn handle_matrix_event(
 impl Bridge {
     /// Delivers one item to XMPP; returns the next item of its queue if the ack took one.
     pub(crate) async fn deliver_to_xmpp(&self, item: ClaimedItem) -> Option<ClaimedItem> {
-        let event: Value = serde_json::from_slice(&item.payload).unwrap_or(Value::Null);
-        let store = &self.inner.store;
+        let event: Value = match serde_json::from_slice(&item.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                // Never taken for delivered: kept as failed, with the reason, for the operator.
+                self.inner.metrics.failure("outbox_unreadable");
+                tracing::error!(item = item.id, room = %item.queue_key, error = %e, "cannot read a Matrix event waiting for XMPP; it is kept as failed");
+                self.give_up(&item, &format!("unreadable outbox item: {e}"))
+                    .await;
+                return None;
+            }
+        };
         match handle_matrix_event(self, &event).await {
             Ok(delivered) => {
                 let done = Instant::now();
@@ -88,8 +106,7 @@ impl Bridge {
             Err(HandleError::Retry(reason)) => self.retry_to_xmpp(&item, &reason).await,
             Err(HandleError::Fail(reason)) => {
                 self.inner.metrics.failure("xmpp_refused");
-                let _ = store.give_up(&item, &reason).await;
-                self.delivery_ended(&item, DeliveryEnd::Other, false);
+                self.give_up(&item, &reason).await;
                 self.notice_in_room(
                     &item.queue_key,
                     &format!("⚠ Your message was not delivered: {reason}"),
@@ -101,21 +118,16 @@ impl Bridge {
     }
 
     /// Schedules another attempt of an item that could not go to XMPP now, or gives it up
-    /// with a notice in its room once it has used its attempts.
+    /// with a notice in its room once it has waited `bridge.retry_for_secs`.
     pub(crate) async fn retry_to_xmpp(&self, item: &ClaimedItem, reason: &str) {
-        let delay = retry_delay(item.attempts);
-        tracing::info!(room = %item.queue_key, %reason, retry_in = ?delay, "cannot deliver to XMPP yet; will retry");
-        if let Ok(store::RetryOutcome::GaveUp) = self.inner.store.retry(item, reason, delay).await {
+        tracing::info!(room = %item.queue_key, %reason, "cannot deliver to XMPP yet; will retry");
+        if self.retry_later(item, reason).await {
             self.inner.metrics.failure("xmpp_gave_up");
-            self.delivery_ended(item, DeliveryEnd::Other, false);
             self.notice_in_room(
                 &item.queue_key,
                 &format!("⚠ Your message was not delivered: {reason}"),
             )
             .await;
-        } else {
-            self.wake_after(item.direction, delay);
-            self.delivery_ended(item, DeliveryEnd::Retry, false);
         }
     }
 }
