@@ -256,3 +256,51 @@ async fn an_encrypted_dm_with_the_bot_gets_an_answer_and_a_room_that_works() {
     bot_said(&user, &plain_id, &env, |b| b.contains("/login/")).await;
     bridge.stop().await;
 }
+
+/// `check-xmpp` says whether the XMPP server is reachable and its certificate trusted before
+/// anyone signs in; for Prosody's default self-signed certificate it names the fingerprint and
+/// the fix, and the pinned certificate then passes.
+#[tokio::test]
+async fn check_xmpp_reports_the_servers_certificate_before_anyone_signs_in() {
+    let env = StackEnv::load();
+    let bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let check = || async {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_messenger-bridge"))
+            .arg("-c")
+            .arg(&bridge.config)
+            .arg("check-xmpp")
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = check().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("TLS certificate verified"), "{text}");
+
+    // A standard server with the certificate `prosodyctl cert generate` made.
+    bridge.edit_config("profile: messenger", "profile: standard");
+    bridge.edit_config(
+        &format!("domain: {}", env.get("XMPP_MESSENGER_DOMAIN")),
+        &format!("domain: {}", env.get("XMPP_SELFSIGNED_DOMAIN")),
+    );
+    let out = check().await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("xmpp.tls_fingerprint"), "{err}");
+    bridge.edit_config(
+        &format!("ca_file: {}", env.get("XMPP_CA_FILE")),
+        &format!("ca_file: {}", env.get("XMPP_SELFSIGNED_CERT")),
+    );
+    let out = check().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -88,8 +88,11 @@ pub struct XmppConfig {
     /// Port (5222).
     #[serde(default = "default_port")]
     pub port: u16,
-    /// Extra CA certificates (PEM) to trust.
+    /// Extra certificates (PEM) to trust: CA certificates, or the server's own (self-signed)
+    /// certificate, which is then pinned.
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server's certificate, accepted as it is (a pin).
+    pub tls_fingerprint: Option<String>,
     /// Disable certificate verification (test servers only; logged loudly).
     #[serde(default)]
     pub insecure_skip_verify: bool,

@@ -29,3 +29,4 @@ mod to_matrix;
 mod to_xmpp;
 
 pub use context::{Bridge, StartError};
+pub use sessions::check_xmpp;

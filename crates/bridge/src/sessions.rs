@@ -1,6 +1,7 @@
 //! Linked users' XMPP sessions: start-up, account settings, connection states and the
 //! notices about them (debounced), and access tokens refreshed ahead of expiry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use store::Direction;
@@ -207,5 +208,53 @@ impl Bridge {
             }
             ConnectionState::Connecting | ConnectionState::LoggedOut => {}
         }
+    }
+}
+
+/// Connects to the configured XMPP server as far as TLS and the login offer, without logging in: proves the server is reachable and its certificate is trusted before anyone
+/// signs in. `Ok` says what was verified; `Err` says what failed and how to fix it.
+pub async fn check_xmpp(
+    config: &crate::config::BridgeConfig,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Result<String, String> {
+    use xmpp_core::connection::{ConnectError, ConnectionConfig, establish};
+    use xmpp_core::negotiation::{NegotiationConfig, NegotiationError};
+    use xmpp_core::sasl::{AuthIdentity, Credentials, SaslError};
+    let x = &config.xmpp;
+    let host = x.host.clone().unwrap_or_else(|| x.domain.clone());
+    let connection = ConnectionConfig::new(x.domain.clone(), host.clone(), x.port);
+    let profile = ServerProfile::parse(&x.profile).unwrap_or(ServerProfile::Messenger);
+    let probe = NegotiationConfig {
+        domain: x.domain.clone(),
+        profile,
+        // Never sent (no mechanism is allowed).
+        credentials: match profile {
+            ServerProfile::Messenger => Credentials::AccessToken("check-xmpp".into()),
+            ServerProfile::Standard => Credentials::Password("check-xmpp".into()),
+        },
+        identity: AuthIdentity {
+            username: Some("check-xmpp".into()),
+            bare_jid: Some(format!("check-xmpp@{}", x.domain)),
+        },
+        resource: None,
+        // No mechanism at all: the check stops at the server's login offer and never sends a
+        // login attempt (a failed login could count against the bridge's address).
+        mechanisms: Some(Vec::new()),
+    };
+    let place = format!("{} at {host}:{}", x.domain, x.port);
+    match establish(&connection, tls, &probe).await {
+        Ok(_) => Ok(format!(
+            "{place}: TLS verified; logged in (unexpectedly, with a dummy secret)"
+        )),
+        Err(ConnectError::Negotiation(NegotiationError::Sasl(SaslError::NoMechanism {
+            offered,
+            ..
+        }))) => Ok(format!(
+            "{place}: reachable, TLS certificate verified; login offered with [{offered}] (not attempted)"
+        )),
+        Err(e @ (ConnectError::Tls { .. } | ConnectError::TlsSettings(_))) => {
+            Err(format!("{place}: {e}"))
+        }
+        Err(e) => Err(format!("{place}: {e}")),
     }
 }

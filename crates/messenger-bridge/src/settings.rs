@@ -195,7 +195,7 @@ pub(crate) fn read_registration(path: &Path) -> Result<Registration, String> {
 const NUMBER_RANGES: &[(&str, u64, u64)] = &[
     ("/bridge/max_message_bytes", 256, 60_000),
     ("/bridge/state_notice_delay_secs", 0, 86_400),
-    ("/bridge/login_link_lifetime_secs", 60, 86_400),
+    ("/bridge/login_link_lifetime_secs", 1, 86_400),
     ("/bridge/retry_for_secs", 60, 30 * 86_400),
     ("/bridge/retry_max_delay_secs", 1, 3_600),
     ("/xmpp/keepalive_secs", 5, 3_600),
@@ -307,6 +307,14 @@ pub(crate) fn check(tree: &Value) -> Vec<String> {
     } else if s("/xmpp/profile").unwrap_or("messenger") == "messenger" {
         p.push("oauth: missing; the messenger profile logs in with OAuth 2.0 (see config.example.yaml)".into());
     }
+    if let Some(pin) = s("/xmpp/tls_fingerprint") {
+        let hex: String = pin.chars().filter(|c| *c != ':').collect();
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            p.push(format!(
+                "xmpp.tls_fingerprint: {pin:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed; `messenger-bridge check-xmpp` prints the server's)"
+            ));
+        }
+    }
     // Every number has a range: a value outside it would hang or disable the bridge (a body
     // limit under a few bytes cannot be split, a zero retry delay spins).
     for (ptr, min, max) in NUMBER_RANGES {
@@ -387,7 +395,7 @@ mod tests {
     #[test]
     fn numbers_out_of_range_are_problems() {
         let tree = json!({
-            "xmpp": {"keepalive_secs": 0},
+            "xmpp": {"keepalive_secs": 0, "tls_fingerprint": "AB:CD"},
             "bridge": {"max_message_bytes": 3, "retry_max_delay_secs": "0", "retry_for_secs": 600},
         });
         let problems = check(&tree);
@@ -395,6 +403,7 @@ mod tests {
             "bridge.max_message_bytes: 3 is out of range",
             "bridge.retry_max_delay_secs",
             "xmpp.keepalive_secs",
+            "xmpp.tls_fingerprint",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(needle)),
