@@ -28,6 +28,11 @@ try {
     await page.waitForLoadState('load').catch(() => {});
     result.steps.push(page.url());
     if (await page.locator('#result').count()) break; // the bridge's own result page
+    if (await page.locator('#confirm').count()) { // the bridge's confirm page: who is linked
+      result.confirmed_for = await page.locator('#matrix-user').textContent();
+      await submit(page.locator('#confirm'));
+      continue;
+    }
     const codeInput = page.locator('input[name="user_code"]:not([type="hidden"])');
     if (code && await codeInput.count()) {
       await codeInput.fill(code);

@@ -140,6 +140,48 @@ impl TestBridge {
         self.link_with_tokens(matrix_user, xmpp_user, &tokens).await;
     }
 
+    /// Logs everything of the bridge's own crates at `trace` (and the rest at `debug`).
+    pub(crate) fn trace_logging(&self) {
+        self.edit_config(
+            "filter: info,bridge=debug,xmpp_core=info",
+            "filter: debug,bridge=trace,xmpp_core=trace,store=trace,messenger_bridge=trace",
+        );
+    }
+
+    /// Asserts that the bridge's log holds none of the stack's secrets, the config's encryption
+    /// key, nor any of `extra` (tokens the test saw).
+    pub(crate) fn assert_log_has_no_secrets(&self, extra: &[&str]) {
+        let log = std::fs::read_to_string(self.dir.join("bridge.log")).unwrap();
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let key = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("encryption_key: "))
+            .unwrap()
+            .to_owned();
+        let key_bytes = key
+            .split_once(':')
+            .map_or(key.as_str(), |(_, b)| b)
+            .to_owned();
+        let mut secrets = vec![
+            self.env.get("OAUTH_CLIENT_SECRET").to_owned(),
+            self.env.get("AS_TOKEN").to_owned(),
+            self.env.get("HS_TOKEN").to_owned(),
+            key_bytes,
+        ];
+        secrets.extend(extra.iter().map(|s| (*s).to_owned()));
+        assert!(
+            log.lines().count() > 20,
+            "the log is too short to prove anything"
+        );
+        for secret in secrets.iter().filter(|s| s.len() >= 8) {
+            assert!(
+                !log.contains(secret.as_str()),
+                "a secret ({}…) is in the bridge's log",
+                &secret[..4]
+            );
+        }
+    }
+
     /// Configures the bridge as the provider's public client (no secret, PKCE only).
     pub(crate) fn use_public_client(&self) {
         let text = std::fs::read_to_string(&self.config).unwrap();
@@ -454,4 +496,40 @@ pub(crate) async fn open_portal_with_bob(
     })
     .await;
     room_id
+}
+
+/// Opens a login link as a browser does: GET its confirm page (which names the Matrix account),
+/// then confirm with the page's anti-forgery value and its cookie, adding `fields` (the password
+/// form's). Returns the confirm page's HTML and the answer to the confirmation.
+pub(crate) async fn confirm_link(
+    http: &reqwest::Client,
+    link: &str,
+    fields: &[(&str, &str)],
+) -> (String, reqwest::Response) {
+    let page = http.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the link shows its confirm page");
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let nonce = html
+        .split("name=\"confirm\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let mut form = vec![("confirm", nonce.as_str())];
+    form.extend_from_slice(fields);
+    let answer = http
+        .post(link)
+        .header("cookie", cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    (html, answer)
 }

@@ -133,6 +133,7 @@ async fn login_in_a_real_browser_links_the_account_and_lists_contacts() {
     let _serial = serial().await;
     let env = StackEnv::load();
     let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.trace_logging();
     bridge.start().await;
     let user = MatrixUser::new(&env, "linker").await;
     let room = dm_with_bot(&env, &user).await;
@@ -141,9 +142,14 @@ async fn login_in_a_real_browser_links_the_account_and_lists_contacts() {
     let reply = bot_said(&user, &room, &env, |b| b.contains("/login/")).await;
     let report = browser(&[&link_in(&reply), "alice", "alicepass"]).await;
     assert_eq!(report["title"], "Linked", "{report}");
+    assert_eq!(report["confirmed_for"], user.user_id.as_str(), "{report}");
     assert!(
-        report["message"].as_str().unwrap().contains("alice@"),
-        "{report}"
+        report["message"].as_str().unwrap().contains("alice@")
+            && report["message"]
+                .as_str()
+                .unwrap()
+                .contains(user.user_id.as_str()),
+        "the result page names both accounts: {report}"
     );
 
     bot_said(&user, &room, &env, |b| b.starts_with("✅ Linked as alice@")).await;
@@ -188,6 +194,11 @@ async fn login_in_a_real_browser_links_the_account_and_lists_contacts() {
             .is_none()
     );
     bridge.stop().await;
+    // At `trace`, through linking and logout, the log holds no secret.
+    bridge.assert_log_has_no_secrets(&[
+        &tokens.access_token,
+        tokens.refresh_token.as_deref().unwrap(),
+    ]);
 }
 
 #[tokio::test]
@@ -248,7 +259,11 @@ async fn forged_replayed_and_foreign_sign_ins_store_nothing() {
     // Login 1: the link redirects to the provider with state and PKCE, and works once.
     user.send_text(&room, "login").await;
     let link1 = link_in(&bot_said(&user, &room, &env, |b| b.contains("/login/")).await);
-    let first = http.get(&link1).send().await.unwrap();
+    let (confirm_page, first) = confirm_link(&http, &link1, &[]).await;
+    assert!(
+        confirm_page.contains(user.user_id.as_str()),
+        "the confirm page names the Matrix account"
+    );
     assert_eq!(
         first.status(),
         303,
@@ -284,7 +299,7 @@ async fn forged_replayed_and_foreign_sign_ins_store_nothing() {
         })
         .await,
     );
-    let authorize2 = http.get(&link2).send().await.unwrap().headers()["location"]
+    let authorize2 = confirm_link(&http, &link2, &[]).await.1.headers()["location"]
         .to_str()
         .unwrap()
         .to_owned();
@@ -387,6 +402,7 @@ async fn conversation_across_token_refreshes(public_client: bool) {
     oauth_token_ttl(30).await;
     let result = tokio::spawn(async move {
         let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+        bridge.trace_logging();
         let user = MatrixUser::new(&env, "alice").await;
         let mut bob =
             testkit::XmppContact::start(&env, "bob", testkit::ContactLogin::Messenger).await;
@@ -460,6 +476,13 @@ async fn conversation_across_token_refreshes(public_client: bool) {
         );
         bob.quit().await;
         bridge.stop().await;
+        // At `trace`, through refreshes and a reconnect, the log holds no token.
+        bridge.assert_log_has_no_secrets(&[
+            &first.access_token,
+            first.refresh_token.as_deref().unwrap(),
+            &last.access_token,
+            last.refresh_token.as_deref().unwrap(),
+        ]);
         let linked = bridge
             .open_store()
             .await
@@ -499,17 +522,16 @@ async fn standard_server_login_uses_the_password_form() {
     // `login` again.
     user.send_text(&room, "login").await;
     let link = link_in(&bot_said(&user, &room, &env, |b| b.contains("/login/")).await);
-    let form = http.get(&link).send().await.unwrap().text().await.unwrap();
+    let (form, r) = confirm_link(
+        &http,
+        &link,
+        &[("jid", jid.as_str()), ("password", "wrong")],
+    )
+    .await;
     assert!(
         form.contains("type=\"password\"") && form.contains("name=\"jid\""),
         "{form}"
     );
-    let r = http
-        .post(&link)
-        .form(&[("jid", jid.as_str()), ("password", "wrong")])
-        .send()
-        .await
-        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("Login failed"));
 
@@ -520,13 +542,12 @@ async fn standard_server_login_uses_the_password_form() {
         })
         .await,
     );
-    http.get(&link).send().await.unwrap();
-    let r = http
-        .post(&link)
-        .form(&[("jid", jid.as_str()), ("password", "carolpass")])
-        .send()
-        .await
-        .unwrap();
+    let (_, r) = confirm_link(
+        &http,
+        &link,
+        &[("jid", jid.as_str()), ("password", "carolpass")],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("linked to carol@"));
     bot_said(&user, &room, &env, |b| b.starts_with("✅ Linked as carol@")).await;

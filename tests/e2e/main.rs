@@ -14,3 +14,4 @@ mod harness;
 mod linking;
 mod messaging;
 mod resilience;
+mod security;

@@ -35,8 +35,8 @@ pub struct HomeserverConfig {
     pub startup_wait_secs: u64,
 }
 
-/// The appservice side.
-#[derive(Debug, Clone, Deserialize)]
+/// The appservice side. `Debug` hides the tokens.
+#[derive(Clone, Deserialize)]
 pub struct AppserviceConfig {
     /// Address the appservice HTTP listener binds, e.g. `127.0.0.1:29317`.
     #[serde(default = "default_listen")]
@@ -73,6 +73,10 @@ pub struct AppserviceConfig {
     /// The largest transaction body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Bearer token for `/metrics`. Without one, `/metrics` answers only on loopback
+    /// connections (a Prometheus on the same host).
+    #[serde(default)]
+    pub metrics_token: Option<String>,
 }
 
 /// The XMPP service.
@@ -93,6 +97,13 @@ pub struct XmppConfig {
     pub ca_file: Option<PathBuf>,
     /// SHA-256 fingerprint of the server's certificate, accepted as it is (a pin).
     pub tls_fingerprint: Option<String>,
+    /// Domains whose accounts may be linked with the password form (default: `domain` only).
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Let the password form connect to loopback, private and link-local addresses (when
+    /// `host` is not set, the typed domain decides where the bridge connects).
+    #[serde(default)]
+    pub allow_private_addresses: bool,
     /// Disable certificate verification (test servers only; logged loudly).
     #[serde(default)]
     pub insecure_skip_verify: bool,
@@ -151,8 +162,8 @@ impl Default for BehaviourConfig {
     }
 }
 
-/// The OAuth 2.0 provider (Live Connect for Messenger).
-#[derive(Debug, Clone, Deserialize)]
+/// The OAuth 2.0 provider (Live Connect for Messenger). `Debug` hides the client secret.
+#[derive(Clone, Deserialize)]
 pub struct OAuthConfig {
     /// Authorization endpoint.
     pub authorize_url: String,
@@ -267,5 +278,74 @@ mod tests {
         assert_eq!(b.level("@boss:example.org"), Some("admin"));
         assert_eq!(b.level("@banned:example.org"), None);
         assert_eq!(b.level("@eve:evil.org"), None);
+    }
+}
+
+/// What a `Debug` of a secret shows: whether it is set, never its value.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        "<empty>"
+    } else {
+        "<redacted>"
+    }
+}
+
+impl std::fmt::Debug for AppserviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppserviceConfig")
+            .field("listen", &self.listen)
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("public_url", &self.public_url)
+            .field("registration", &self.registration)
+            .field("as_token", &redacted(&self.as_token))
+            .field("hs_token", &redacted(&self.hs_token))
+            .field("bot_localpart", &self.bot_localpart)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_deref().map(redacted),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConfig")
+            .field("authorize_url", &self.authorize_url)
+            .field("token_url", &self.token_url)
+            .field("device_url", &self.device_url)
+            .field("revoke_url", &self.revoke_url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_deref().map(redacted),
+            )
+            .field("scopes", &self.scopes)
+            .field("redirect_url", &self.redirect_url)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let appservice: AppserviceConfig = serde_json::from_value(serde_json::json!({
+            "as_token": "as-secret-1", "hs_token": "hs-secret-2"
+        }))
+        .unwrap();
+        let oauth: OAuthConfig = serde_json::from_value(serde_json::json!({
+            "authorize_url": "https://a", "token_url": "https://t", "client_id": "c",
+            "client_secret": "client-secret-3"
+        }))
+        .unwrap();
+        let text = format!("{appservice:?} {oauth:?}");
+        for secret in ["as-secret-1", "hs-secret-2", "client-secret-3"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("<redacted>"), "{text}");
     }
 }

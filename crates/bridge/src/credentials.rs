@@ -16,8 +16,8 @@ use crate::config::OAuthConfig;
 /// Refresh this long before the access token expires.
 const REFRESH_AHEAD_MS: i64 = 60_000;
 
-/// What the provider's token endpoint answers.
-#[derive(Debug, Deserialize)]
+/// What the provider's token endpoint answers. `Debug` hides the tokens.
+#[derive(Deserialize)]
 pub struct TokenResponse {
     /// The access token.
     pub access_token: String,
@@ -25,6 +25,19 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
     /// Lifetime in seconds.
     pub expires_in: Option<i64>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 /// Calls the OAuth token endpoint.

@@ -29,4 +29,5 @@ mod to_matrix;
 mod to_xmpp;
 
 pub use context::{Bridge, StartError};
+pub use linking::password_safe_url;
 pub use sessions::check_xmpp;

@@ -17,7 +17,8 @@ pub(crate) struct Settings {
     pub(crate) logging: LoggingSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` hides the encryption key (and the URL's password).
+#[derive(Clone, Deserialize)]
 pub(crate) struct DatabaseSettings {
     /// `sqlite:///path/to/file.db` or `postgres://…`.
     pub(crate) url: String,
@@ -32,6 +33,17 @@ pub(crate) struct DatabaseSettings {
     /// SQLite only: `full` or `normal` (see config.example.yaml).
     #[serde(default)]
     pub(crate) sqlite_synchronous: SqliteSynchronous,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = store::DatabaseUrl::parse(&self.url)
+            .map_or_else(|_| "<unparsable>".to_owned(), |u| u.redacted());
+        f.debug_struct("DatabaseSettings")
+            .field("url", &url)
+            .field("encryption_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// `database.sqlite_synchronous`.
@@ -74,12 +86,13 @@ fn default_max_connections() -> u32 {
 }
 
 /// Secrets that may come from `MB_<NAME>` or a file named by `MB_<NAME>_FILE`.
-const SECRETS: [(&str, &str); 5] = [
+const SECRETS: [(&str, &str); 6] = [
     ("DATABASE_ENCRYPTION_KEY", "/database/encryption_key"),
     ("APPSERVICE_AS_TOKEN", "/appservice/as_token"),
     ("APPSERVICE_HS_TOKEN", "/appservice/hs_token"),
     ("OAUTH_CLIENT_SECRET", "/oauth/client_secret"),
     ("DATABASE_URL", "/database/url"),
+    ("APPSERVICE_METRICS_TOKEN", "/appservice/metrics_token"),
 ];
 
 /// Loads the file, applies `MB__SECTION__KEY` overrides and secret variables, fills tokens
@@ -307,6 +320,14 @@ pub(crate) fn check(tree: &Value) -> Vec<String> {
     } else if s("/xmpp/profile").unwrap_or("messenger") == "messenger" {
         p.push("oauth: missing; the messenger profile logs in with OAuth 2.0 (see config.example.yaml)".into());
     }
+    if s("/xmpp/profile") == Some("standard")
+        && let Some(url) = s("/appservice/public_url")
+        && !bridge::password_safe_url(url)
+    {
+        p.push(format!(
+            "appservice.public_url: {url:?} is plain HTTP to another host; the password form (standard profile) is served only over https:// or to a loopback address, so passwords never cross a network unencrypted"
+        ));
+    }
     if let Some(pin) = s("/xmpp/tls_fingerprint") {
         let hex: String = pin.chars().filter(|c| *c != ':').collect();
         if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -395,7 +416,8 @@ mod tests {
     #[test]
     fn numbers_out_of_range_are_problems() {
         let tree = json!({
-            "xmpp": {"keepalive_secs": 0, "tls_fingerprint": "AB:CD"},
+            "xmpp": {"keepalive_secs": 0, "tls_fingerprint": "AB:CD", "profile": "standard"},
+            "appservice": {"public_url": "http://bridge.example.org"},
             "bridge": {"max_message_bytes": 3, "retry_max_delay_secs": "0", "retry_for_secs": 600},
         });
         let problems = check(&tree);
@@ -404,6 +426,7 @@ mod tests {
             "bridge.retry_max_delay_secs",
             "xmpp.keepalive_secs",
             "xmpp.tls_fingerprint",
+            "appservice.public_url",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(needle)),

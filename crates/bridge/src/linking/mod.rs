@@ -109,6 +109,39 @@ impl Bridge {
         Ok(jid)
     }
 
+    /// Whether the password form may log in to `domain`: it must be an allowed domain, and
+    /// when the bridge connects to the domain itself (no `xmpp.host`), it must not resolve to a
+    /// loopback, private or link-local address unless the operator allows that. The answer is
+    /// for people: it names no address.
+    pub(crate) async fn may_connect_to(&self, domain: &str) -> Result<(), String> {
+        let x = &self.inner.config.xmpp;
+        let allowed: Vec<&str> = if x.allowed_domains.is_empty() {
+            vec![x.domain.as_str()]
+        } else {
+            x.allowed_domains.iter().map(String::as_str).collect()
+        };
+        if !allowed.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            return Err(format!(
+                "This bridge links accounts on {} only.",
+                allowed.join(", ")
+            ));
+        }
+        if x.host.is_some() || x.allow_private_addresses {
+            return Ok(());
+        }
+        let generic = || "That server cannot be reached from this bridge.".to_owned();
+        let addresses = tokio::net::lookup_host((domain, x.port))
+            .await
+            .map_err(|_| generic())?;
+        for address in addresses {
+            if is_internal(address.ip()) {
+                tracing::warn!(%domain, %address, "the password form's domain resolves to an internal address; set xmpp.allow_private_addresses to allow it");
+                return Err(generic());
+            }
+        }
+        Ok(())
+    }
+
     /// Stores a new link and starts the session.
     async fn finish_link(
         &self,
@@ -171,6 +204,10 @@ pub(crate) async fn start_login(
     let device = args.split_whitespace().any(|a| a == "--device");
     if device {
         return start_device_login(bridge, user, room).await;
+    }
+    if !bridge.uses_oauth() && !password_safe_url(&bridge.public_url()) {
+        tracing::error!(public_url = %bridge.public_url(), "refused to serve the password form over plain HTTP; set appservice.public_url to an https:// URL");
+        return Err("Password sign-in is off on this bridge: its web address is not HTTPS, so a password would travel unencrypted. Ask the bridge administrator to serve it over HTTPS.".to_owned());
     }
     let token = random_token();
     bridge.inner.logins.insert(
@@ -239,6 +276,94 @@ pub(crate) async fn revoke(bridge: &Bridge, user: &str) {
         };
         if let Err(e) = req.send().await {
             tracing::warn!(%user, error = %e, "could not revoke a token at the provider");
+        }
+    }
+}
+
+/// Whether passwords may be typed into pages under `url`: HTTPS, or plain HTTP to this very
+/// machine (loopback), where nothing crosses a network.
+pub fn password_safe_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Loopback, private, link-local, unspecified or otherwise non-public addresses.
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10 (CGNAT)
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_only_over_https_or_loopback() {
+        for ok in [
+            "https://bridge.example.org",
+            "http://127.0.0.1:29317",
+            "http://localhost:29317/x",
+            "http://[::1]:29317",
+        ] {
+            assert!(password_safe_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://bridge.example.org",
+            "http://10.0.0.2:29317",
+            "http://127.0.0.1.evil.example",
+            "ftp://x",
+        ] {
+            assert!(!password_safe_url(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.1.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2001:db8::1", "8.8.8.8"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, Scope, TokenResponse as _};
@@ -20,16 +20,10 @@ use crate::context::Bridge;
 pub(crate) fn routes() -> Router<Bridge> {
     Router::new()
         .route("/login/callback", get(callback))
-        .route("/login/{token}", get(open_link).post(password_form))
+        .route("/login/{token}", get(confirm_page).post(confirmed))
 }
 
 fn page(status: StatusCode, title: &str, message: &str) -> Response {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} — Messenger bridge</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}</style></head>\
@@ -48,22 +42,113 @@ fn invalid_link() -> Response {
     )
 }
 
-async fn open_link(State(bridge): State<Bridge>, Path(token): Path<String>) -> Response {
+/// The cookie that ties a confirmation to the browser that saw the confirm page.
+const CONFIRM_COOKIE: &str = "mb_login_confirm";
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /login/{token}`: a confirm page that names the Matrix account being linked. It does not
+/// use the link up (link previews fetch links); only the confirmation, a POST from this very
+/// browser (a per-view anti-forgery value, in the form and in a SameSite=Strict cookie), goes on.
+async fn confirm_page(State(bridge): State<Bridge>, Path(token): Path<String>) -> Response {
+    let Some(user) = bridge.inner.logins.user_of(&token) else {
+        return invalid_link();
+    };
+    let nonce = super::pending::random_token();
+    let password_fields = if bridge.uses_oauth() {
+        String::new()
+    } else {
+        "<p><label for=\"jid\">XMPP address</label><br><input id=\"jid\" name=\"jid\" type=\"email\" autocomplete=\"username\" required></p>\
+         <p><label for=\"password\">Password</label><br><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></p>"
+            .to_owned()
+    };
+    let what = if bridge.uses_oauth() {
+        "your Messenger account (you sign in at the provider next)"
+    } else {
+        "your XMPP account"
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Link your account — Messenger bridge</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}</style></head><body><main>\
+         <h1>Link your account</h1>\
+         <p>This links {what} to the Matrix account <strong id=\"matrix-user\">{user}</strong>. Its messages will be readable there.</p>\
+         <p>Only continue if <strong>you</strong> are {user} and sent <code>login</code> yourself. If someone sent you this link, close this page.</p>\
+         <form method=\"post\" action=\"/login/{token}\"><input type=\"hidden\" name=\"confirm\" value=\"{nonce}\">{password_fields}\
+         <p><button id=\"confirm\" type=\"submit\">Link to {user}</button></p></form></main></body></html>",
+        user = esc(&user),
+    );
+    let cookie = format!(
+        "{CONFIRM_COOKIE}={nonce}; Path=/login; HttpOnly; SameSite=Strict; Max-Age={}",
+        bridge.inner.config.bridge.login_link_lifetime_secs
+    );
+    (
+        [
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Confirmation {
+    confirm: String,
+    jid: Option<String>,
+    password: Option<String>,
+}
+
+/// `POST /login/{token}`: the confirmation. Goes on only with the anti-forgery value of a
+/// confirm page this browser saw; then the link is used up.
+async fn confirmed(
+    State(bridge): State<Bridge>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<Confirmation>,
+) -> Response {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(&format!("{CONFIRM_COOKIE}="))
+                .map(str::to_owned)
+        });
+    let genuine = cookie.is_some_and(|c| {
+        !form.confirm.is_empty()
+            && crate::matrix::appservice::constant_time_eq(c.as_bytes(), form.confirm.as_bytes())
+    });
+    if !genuine {
+        tracing::warn!("refused a login confirmation without this browser's confirm page");
+        return page(
+            StatusCode::FORBIDDEN,
+            "Please confirm on the page",
+            "Open the link again and confirm on its page (the confirmation must come from the browser that shows it).",
+        );
+    }
     let Some(p) = bridge.inner.logins.take(&token) else {
         return invalid_link();
     };
-    if !bridge.uses_oauth() {
-        // Standard servers: a password form; the entry goes back under the same token.
-        bridge.inner.logins.insert(token.clone(), p);
-        let html = format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link your XMPP account — Messenger bridge</title></head><body><main>\
-             <h1>Link your XMPP account</h1><form method=\"post\" action=\"/login/{token}\">\
-             <p><label for=\"jid\">XMPP address</label><br><input id=\"jid\" name=\"jid\" type=\"email\" autocomplete=\"username\" required></p>\
-             <p><label for=\"password\">Password</label><br><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></p>\
-             <p><button type=\"submit\">Link</button></p></form></main></body></html>"
-        );
-        return Html(html).into_response();
+    if bridge.uses_oauth() {
+        return start_oauth(&bridge, p);
     }
+    password_form(
+        &bridge,
+        p,
+        form.jid.unwrap_or_default(),
+        form.password.unwrap_or_default(),
+    )
+    .await
+}
+
+fn start_oauth(bridge: &Bridge, p: Pending) -> Response {
     let Some(client) = bridge.oauth_client() else {
         return page(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -219,7 +304,8 @@ async fn callback(State(bridge): State<Bridge>, Query(q): Query<CallbackQuery>) 
             StatusCode::OK,
             "Linked",
             &format!(
-                "Your Matrix account is linked to {jid}. You can close this page and go back to your chat."
+                "Your Matrix account {} is linked to {jid}. You can close this page and go back to your chat.",
+                p.user
             ),
         ),
         Err(e) => page(
@@ -230,37 +316,35 @@ async fn callback(State(bridge): State<Bridge>, Query(q): Query<CallbackQuery>) 
     }
 }
 
-#[derive(Deserialize)]
-struct PasswordForm {
-    jid: String,
-    password: String,
-}
-
-async fn password_form(
-    State(bridge): State<Bridge>,
-    Path(token): Path<String>,
-    Form(form): Form<PasswordForm>,
-) -> Response {
-    let Some(p) = bridge.inner.logins.take(&token) else {
-        return invalid_link();
-    };
-    let Ok(jid) = Jid::parse(form.jid.trim()).map(|j| j.to_bare()) else {
+/// The password form's answer (standard servers).
+async fn password_form(bridge: &Bridge, p: Pending, jid: String, password: String) -> Response {
+    let Ok(jid) = Jid::parse(jid.trim()).map(|j| j.to_bare()) else {
         return page(
             StatusCode::BAD_REQUEST,
             "That is not an XMPP address",
             "Use the form user@example.org. Go back to your chat and send `login` to try again.",
         );
     };
+    if let Err(refusal) = bridge.may_connect_to(jid.domain()).await {
+        tracing::warn!(user = %p.user, domain = jid.domain(), %refusal, "refused a password sign-in for a domain");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not on this bridge",
+            &format!("{refusal} Go back to your chat and send `login` to try again."),
+        );
+    }
     let bound = match bridge
-        .probe_login(Some(&jid), Credentials::Password(form.password.clone()))
+        .probe_login(Some(&jid), Credentials::Password(password.clone()))
         .await
     {
         Ok(j) => j,
         Err(e) => {
+            // The details (addresses, server errors) are for the log, not for the page.
+            tracing::warn!(user = %p.user, %jid, error = %e, "a password sign-in failed");
             return page(
                 StatusCode::BAD_REQUEST,
                 "Login failed",
-                &format!("{e}. Go back to your chat and send `login` to try again."),
+                "The server did not accept that address and password, or could not be reached. Go back to your chat and send `login` to try again.",
             );
         }
     };
@@ -270,7 +354,7 @@ async fn password_form(
             &p.room,
             &bound,
             store::ServerProfile::Standard,
-            Secret::Password(form.password),
+            Secret::Password(password),
         )
         .await
     {
@@ -278,7 +362,8 @@ async fn password_form(
             StatusCode::OK,
             "Linked",
             &format!(
-                "Your Matrix account is linked to {bound}. You can close this page and go back to your chat."
+                "Your Matrix account {} is linked to {bound}. You can close this page and go back to your chat.",
+                p.user
             ),
         ),
         Err(e) => page(StatusCode::INTERNAL_SERVER_ERROR, "Linking failed", &e),

@@ -52,6 +52,18 @@ impl Logins {
         map.insert(key, p);
     }
 
+    /// The Matrix user a fresh link is for, without using the link up (a link preview or a
+    /// second look must not spend it).
+    pub(crate) fn user_of(&self, key: &str) -> Option<String> {
+        let map = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key)
+            .filter(|p| p.created.elapsed() < self.lifetime && matches!(p.step, Step::Link))
+            .map(|p| p.user.clone())
+    }
+
     /// Takes an entry: it works once, and only while fresh.
     pub(crate) fn take(&self, key: &str) -> Option<Pending> {
         let mut map = self

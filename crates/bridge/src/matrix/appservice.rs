@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -87,7 +87,7 @@ fn authorized(bridge: &Bridge, headers: &HeaderMap, uri: &Uri) -> Result<(), Res
     Ok(())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Hash both sides first so the comparison time does not depend on the lengths either.
     let (ha, hb) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
     ha.iter()
@@ -231,7 +231,8 @@ async fn ping(State(bridge): State<Bridge>, headers: HeaderMap, uri: Uri) -> Res
     (StatusCode::OK, axum::Json(json!({}))).into_response()
 }
 
-/// Ready when the store and the homeserver answer.
+/// Ready when the store and the homeserver answer. Says only that: the details are in the log
+/// and `/metrics`, not for whoever can reach the listener.
 async fn health(State(bridge): State<Bridge>) -> Response {
     let store_ok = bridge
         .inner
@@ -248,16 +249,45 @@ async fn health(State(bridge): State<Bridge>) -> Response {
         )
         .await
         .is_ok();
-    let body = json!({"store": store_ok, "homeserver": hs_ok});
-    let status = if store_ok && hs_ok {
+    let ready = store_ok && hs_ok;
+    if !ready {
+        tracing::warn!(
+            store = store_ok,
+            homeserver = hs_ok,
+            "health check: not ready"
+        );
+    }
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(json!({"ready": ready}))).into_response()
 }
 
-async fn metrics(State(bridge): State<Bridge>) -> Response {
+/// Prometheus metrics: with `appservice.metrics_token` set, for that bearer token only;
+/// without one, for loopback connections only.
+async fn metrics(
+    State(bridge): State<Bridge>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let allowed = match &bridge.inner.config.appservice.metrics_token {
+        Some(token) => headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())),
+        None => peer.ip().is_loopback(),
+    };
+    if !allowed {
+        tracing::warn!(%peer, "refused a /metrics request");
+        return (
+            StatusCode::FORBIDDEN,
+            "metrics: send appservice.metrics_token as a bearer token (without one, only loopback connections may read them)\n",
+        )
+            .into_response();
+    }
     let store = &bridge.inner.store;
     let to_xmpp = store.outbox_backlog(Direction::ToXmpp).await.unwrap_or(-1);
     let to_matrix = store
