@@ -136,8 +136,37 @@ impl TestBridge {
 
     /// Links `matrix_user` to the XMPP account `xmpp_user` with real tokens from the provider.
     pub(crate) async fn link(&self, matrix_user: &UserId, xmpp_user: &str) {
-        use tokio::io::AsyncWriteExt;
         let tokens = testkit::bridge_tokens_json(&self.env, xmpp_user).await;
+        self.link_with_tokens(matrix_user, xmpp_user, &tokens).await;
+    }
+
+    /// Configures the bridge as the provider's public client (no secret, PKCE only).
+    pub(crate) fn use_public_client(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("client_secret:"))
+            .map(|l| {
+                if l.trim_start().starts_with("client_id:") {
+                    "  client_id: messenger-bridge-public".to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&self.config, text + "\n").unwrap();
+    }
+
+    /// Links `matrix_user` to `xmpp_user` with the given token JSON (`access_token`,
+    /// `refresh_token`, `expires_in`), as `messenger-bridge link` reads it.
+    pub(crate) async fn link_with_tokens(
+        &self,
+        matrix_user: &UserId,
+        xmpp_user: &str,
+        tokens: &str,
+    ) {
+        use tokio::io::AsyncWriteExt;
         let jid = format!("{xmpp_user}@{}", self.env.get("XMPP_MESSENGER_DOMAIN"));
         let mut child = self
             .command()
@@ -191,6 +220,16 @@ impl TestBridge {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the bridge did not become ready:\n{}", self.log_tail());
+    }
+
+    /// The bridge's `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        reqwest::get("http://127.0.0.1:29317/metrics")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// SIGKILL: no chance to flush or close anything.
@@ -393,6 +432,16 @@ pub(crate) async fn portal_with_bob(
     bob: &mut testkit::XmppContact,
 ) -> OwnedRoomId {
     bridge.link(&user.user_id, "alice").await;
+    open_portal_with_bob(env, bridge, user, bob).await
+}
+
+/// Like [`portal_with_bob`] for a user the test linked itself.
+pub(crate) async fn open_portal_with_bob(
+    env: &StackEnv,
+    bridge: &mut TestBridge,
+    user: &MatrixUser,
+    bob: &mut testkit::XmppContact,
+) -> OwnedRoomId {
     bridge.start().await;
     let ghost = UserId::parse(format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"))).unwrap();
     let alice_jid = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));

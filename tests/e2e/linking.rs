@@ -10,12 +10,12 @@ use testkit::{StackEnv, repo_root};
 
 use crate::harness::*;
 
-fn bot(env: &StackEnv) -> ruma::OwnedUserId {
+pub(crate) fn bot(env: &StackEnv) -> ruma::OwnedUserId {
     UserId::parse(format!("@msnbot:{}", env.get("MATRIX_SERVER_NAME"))).unwrap()
 }
 
 /// Opens a DM with the bot and waits until it greets.
-async fn dm_with_bot(env: &StackEnv, user: &MatrixUser) -> OwnedRoomId {
+pub(crate) async fn dm_with_bot(env: &StackEnv, user: &MatrixUser) -> OwnedRoomId {
     let room = user.client.create_dm(&bot(env)).await.unwrap();
     let room_id = room.room_id().to_owned();
     bot_said(user, &room_id, env, |b| b.contains("login")).await;
@@ -23,7 +23,7 @@ async fn dm_with_bot(env: &StackEnv, user: &MatrixUser) -> OwnedRoomId {
 }
 
 /// Waits for a bot message matching `pred`; returns its body.
-async fn bot_said(
+pub(crate) async fn bot_said(
     user: &MatrixUser,
     room: &OwnedRoomId,
     env: &StackEnv,
@@ -371,6 +371,17 @@ async fn oauth_token_ttl(seconds: u32) {
 
 #[tokio::test]
 async fn conversation_keeps_flowing_with_30_second_tokens() {
+    conversation_across_token_refreshes(false).await;
+}
+
+/// The bridge configured as a public OAuth client (no client secret): every refresh carries
+/// `client_id` in the form, and the login survives the first access token's expiry.
+#[tokio::test]
+async fn public_oauth_client_keeps_the_login_across_token_refreshes() {
+    conversation_across_token_refreshes(true).await;
+}
+
+async fn conversation_across_token_refreshes(public_client: bool) {
     let _serial = serial().await;
     let env = StackEnv::load();
     oauth_token_ttl(30).await;
@@ -379,7 +390,17 @@ async fn conversation_keeps_flowing_with_30_second_tokens() {
         let user = MatrixUser::new(&env, "alice").await;
         let mut bob =
             testkit::XmppContact::start(&env, "bob", testkit::ContactLogin::Messenger).await;
-        let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
+        let room = if public_client {
+            bridge.use_public_client();
+            let tokens =
+                testkit::bridge_tokens_json_for(&env, "alice", "messenger-bridge-public").await;
+            bridge
+                .link_with_tokens(&user.user_id, "alice", &tokens)
+                .await;
+            open_portal_with_bob(&env, &mut bridge, &user, &mut bob).await
+        } else {
+            portal_with_bob(&env, &mut bridge, &user, &mut bob).await
+        };
         let ghost = format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"));
         let alice_jid = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
         let store_tokens = || async {
@@ -394,7 +415,7 @@ async fn conversation_keeps_flowing_with_30_second_tokens() {
         let first = store_tokens().await;
         let started = tokio::time::Instant::now();
         let mut round = 0;
-        while started.elapsed() < Duration::from_secs(120) {
+        while started.elapsed() < Duration::from_secs(80) {
             round += 1;
             let tag = unique(&format!("r{round} "));
             bob.send_chat(&alice_jid, Some(&tag), None).await;
@@ -571,4 +592,44 @@ async fn provider_down_or_answering_garbage_gets_a_clear_message_and_a_retry_wor
     let report = browser(&[&link_in(&reply), "alice", "alicepass"]).await;
     assert_eq!(report["title"], "Linked", "{report}");
     bridge.stop().await;
+}
+
+/// After the provider refused the stored sign-in (revoked, expired), `login` starts a new one
+/// instead of answering "already linked", and the notice says what to do without provider
+/// internals.
+#[tokio::test]
+async fn login_works_again_after_the_sign_in_was_refused() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let user = MatrixUser::new(&env, "relinker").await;
+    // Tokens the provider never issued, already expired: the refresh is refused.
+    let refused =
+        r#"{"access_token":"revoked-access","refresh_token":"revoked-refresh","expires_in":1}"#;
+    bridge
+        .link_with_tokens(&user.user_id, "alice", refused)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bridge.start().await;
+    let room = dm_with_bot(&env, &user).await;
+
+    // Reconnect on purpose: the refusal is told in this (management) room.
+    user.send_text(&room, "sync").await;
+    let notice = bot_said(&user, &room, &env, |b| b.starts_with("❌")).await;
+    assert!(notice.contains("Send `login`"), "{notice}");
+    assert_eq!(notice.matches("login").count(), 1, "said once: {notice}");
+    for internal in ["grant", "OAuth provider", "invalid_", "unsupported"] {
+        assert!(
+            !notice.contains(internal),
+            "provider internals in {notice:?}"
+        );
+    }
+
+    user.send_text(&room, "login").await;
+    let reply = bot_said(&user, &room, &env, |b| b.contains("/login/")).await;
+    assert!(!reply.contains("logout"), "{reply}");
+    let report = browser(&[&link_in(&reply), "alice", "alicepass"]).await;
+    assert_eq!(report["title"], "Linked", "{report}");
+    bot_said(&user, &room, &env, |b| b.starts_with("✅ Linked as alice@")).await;
+    status_shows_connected(&user, &room, &env, "alice@").await;
 }

@@ -13,3 +13,4 @@ mod durability;
 mod harness;
 mod linking;
 mod messaging;
+mod resilience;

@@ -49,13 +49,23 @@ def load_env(path: str | None = None) -> dict[str, str]:
     return env
 
 
-def client_credentials(env: dict[str, str], client: str) -> tuple[str, str, str]:
-    """(client_id, client_secret, redirect_uri) of a seeded client."""
+def client_credentials(env: dict[str, str], client: str) -> tuple[str, str | None, str]:
+    """(client_id, client_secret, redirect_uri) of a seeded client (no secret: a public client)."""
+    if client == "messenger-bridge-public":
+        return client, None, env["OAUTH_REDIRECT_URI"]
     if client == "messenger-bridge":
         return client, env["OAUTH_CLIENT_SECRET"], env["OAUTH_REDIRECT_URI"]
     if client == "smoke-test":
         return client, env["OAUTH_SMOKE_CLIENT_SECRET"], env["OAUTH_SMOKE_REDIRECT_URI"]
     raise ValueError(f"unknown client {client}")
+
+
+def _client_auth(client_id: str, secret: str | None, data: dict) -> tuple | None:
+    """HTTP basic auth for a confidential client; a public client sends client_id in the form."""
+    if secret is None:
+        data["client_id"] = client_id
+        return None
+    return (client_id, secret)
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -165,29 +175,23 @@ def _error_text(html: str) -> str:
 
 def exchange_code(env: dict[str, str], client: str, code: str, verifier: str) -> dict:
     client_id, secret, redirect_uri = client_credentials(env, client)
-    resp = requests.post(
-        env["OAUTH_TOKEN_URL"],
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": verifier,
-        },
-        auth=(client_id, secret),
-        timeout=10,
-    )
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }
+    auth = _client_auth(client_id, secret, data)
+    resp = requests.post(env["OAUTH_TOKEN_URL"], data=data, auth=auth, timeout=10)
     resp.raise_for_status()
     return resp.json()
 
 
 def refresh(env: dict[str, str], refresh_token: str, client: str = "smoke-test") -> requests.Response:
     client_id, secret, _ = client_credentials(env, client)
-    return requests.post(
-        env["OAUTH_TOKEN_URL"],
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-        auth=(client_id, secret),
-        timeout=10,
-    )
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    auth = _client_auth(client_id, secret, data)
+    return requests.post(env["OAUTH_TOKEN_URL"], data=data, auth=auth, timeout=10)
 
 
 def revoke(env: dict[str, str], token: str, client: str = "smoke-test") -> None:
@@ -208,7 +212,7 @@ def main() -> int:
     parser.add_argument("user")
     parser.add_argument("--password")
     parser.add_argument("--scope", default=DEFAULT_SCOPES)
-    parser.add_argument("--client", default="smoke-test", choices=["smoke-test", "messenger-bridge"])
+    parser.add_argument("--client", default="smoke-test", choices=["smoke-test", "messenger-bridge", "messenger-bridge-public"])
     parser.add_argument("--device", action="store_true", help="use the device authorization grant (RFC 8628)")
     parser.add_argument("--env", help="path of the stack env file (default $STACK_DIR/env)")
     args = parser.parse_args()

@@ -3,7 +3,7 @@
 use xmpp_core::Jid;
 use xmpp_core::stanza::{Presence, Show};
 
-use crate::runtime::Bridge;
+use crate::context::Bridge;
 
 const HELP: &str = "Commands:
 • login — link your Messenger account (a sign-in link)
@@ -34,16 +34,31 @@ async fn run(bridge: &Bridge, user: &str, room: &str, line: &str) -> String {
     let (command, args) = line
         .split_once(char::is_whitespace)
         .map_or((line, ""), |(c, a)| (c, a.trim()));
-    let linked = inner.store.linked_user(user).await.ok().flatten();
+    let linked = match inner.store.linked_user(user).await {
+        Ok(linked) => linked,
+        Err(e) => {
+            // Never answer as if the user were not linked because the database hiccuped.
+            tracing::error!(%user, error = %e, "cannot read a linked user for a command");
+            return "The bridge cannot read its database right now; try again in a moment."
+                .to_owned();
+        }
+    };
     match (command.to_lowercase().as_str(), &linked) {
         ("help" | "", _) => HELP.to_owned(),
-        ("login", Some(u)) => format!(
-            "You are already linked as {}. Send `logout` first to link another account.",
-            u.jid
-        ),
-        ("login", None) => match crate::linking::start_login(bridge, user, room, args).await {
-            Ok(text) | Err(text) => text,
-        },
+        // From any state: a refused or expired sign-in is mended by signing in again, and a
+        // working link is replaced once the new sign-in succeeds.
+        ("login", _) => {
+            let reply = match crate::linking::start_login(bridge, user, room, args).await {
+                Ok(text) | Err(text) => text,
+            };
+            match &linked {
+                Some(u) if u.connection_state != "bad_credentials" => format!(
+                    "You are linked as {}; signing in again replaces that login.\n{reply}",
+                    u.jid
+                ),
+                _ => reply,
+            }
+        }
         ("cancel", _) => crate::linking::cancel(bridge, user),
         (_, None) => {
             "You are not linked yet. Send `login` to link your Messenger account.".to_owned()

@@ -88,8 +88,11 @@ pub struct XmppConfig {
     /// Port (5222).
     #[serde(default = "default_port")]
     pub port: u16,
-    /// Extra CA certificates (PEM) to trust.
+    /// Extra certificates (PEM) to trust: CA certificates, or the server's own (self-signed)
+    /// certificate, which is then pinned.
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server's certificate, accepted as it is (a pin).
+    pub tls_fingerprint: Option<String>,
     /// Disable certificate verification (test servers only; logged loudly).
     #[serde(default)]
     pub insecure_skip_verify: bool,
@@ -125,6 +128,13 @@ pub struct BehaviourConfig {
     /// How long a `login` link stays valid, in seconds.
     #[serde(default = "default_link_lifetime")]
     pub login_link_lifetime_secs: u64,
+    /// How long an undelivered message is retried (the other side is down) before the user is
+    /// told it was not delivered, in seconds.
+    #[serde(default = "default_retry_for")]
+    pub retry_for_secs: u64,
+    /// The longest wait between two delivery attempts, in seconds.
+    #[serde(default = "default_retry_max_delay")]
+    pub retry_max_delay_secs: u64,
 }
 
 impl Default for BehaviourConfig {
@@ -135,6 +145,8 @@ impl Default for BehaviourConfig {
             max_message_bytes: default_max_message(),
             state_notice_delay_secs: default_notice_delay(),
             login_link_lifetime_secs: default_link_lifetime(),
+            retry_for_secs: default_retry_for(),
+            retry_max_delay_secs: default_retry_max_delay(),
         }
     }
 }
@@ -219,6 +231,14 @@ fn default_max_message() -> usize {
 fn default_notice_delay() -> u64 {
     30
 }
+fn default_retry_for() -> u64 {
+    3 * 24 * 3600
+}
+
+fn default_retry_max_delay() -> u64 {
+    300
+}
+
 fn default_link_lifetime() -> u64 {
     600
 }

@@ -1,6 +1,7 @@
 //! Secrets for XMPP logins, from the store: OAuth access tokens refreshed ahead of expiry
 //! (rotating refresh tokens saved at once) and passwords for standard servers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,13 +51,23 @@ impl OAuthClient {
         &self.config
     }
 
-    /// Posts a grant to the token endpoint.
+    /// Posts a grant to the token endpoint. A confidential client authenticates with HTTP basic
+    /// auth; a public client (no secret) sends its `client_id` in the form (RFC 6749 §3.2.1).
     pub async fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, String> {
-        let mut request = self.http.post(&self.config.token_url).form(form);
-        request = match &self.config.client_secret {
-            Some(secret) => request.basic_auth(&self.config.client_id, Some(secret)),
-            None => request.form(&[("client_id", self.config.client_id.as_str())]),
-        };
+        let secret = self
+            .config
+            .client_secret
+            .as_deref()
+            .filter(|s| !s.is_empty());
+        let mut fields = form.to_vec();
+        if secret.is_none() {
+            fields.push(("client_id", self.config.client_id.as_str()));
+        }
+        // One `.form()` call: a second one replaces the body, it does not add to it.
+        let mut request = self.http.post(&self.config.token_url).form(&fields);
+        if let Some(secret) = secret {
+            request = request.basic_auth(&self.config.client_id, Some(secret));
+        }
         let response = request
             .send()
             .await
@@ -101,8 +112,9 @@ impl OAuthClient {
 pub struct StoreCredentials {
     store: Store,
     oauth: Option<OAuthClient>,
-    /// One refresh at a time: rotating refresh tokens must never be used twice.
-    refresh_lock: Mutex<()>,
+    /// One refresh at a time per account: a rotating refresh token must never be used twice,
+    /// and one account's slow provider call does not hold up the others.
+    locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl StoreCredentials {
@@ -111,12 +123,19 @@ impl StoreCredentials {
         Arc::new(Self {
             store,
             oauth,
-            refresh_lock: Mutex::new(()),
+            locks: std::sync::Mutex::default(),
         })
     }
 
     async fn current(&self, account: &str, force_refresh: bool) -> Result<Credentials, String> {
-        let _guard = self.refresh_lock.lock().await;
+        let lock = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(account.to_owned())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
         if let Some(password) = self
             .store
             .password(account)

@@ -2,18 +2,31 @@
 //!
 //! [`Bridge`] is the running bridge; [`matrix::appservice::serve`] exposes it to the
 //! homeserver. The binary (`messenger-bridge`) reads the configuration and wires these together.
+//!
+//! Layout: [`context`] holds the shared state and no logic; every other module adds one concern's
+//! methods to [`Bridge`]: `delivery` (the outbox loops), `to_matrix` and `to_xmpp` (one direction
+//! each, a file per kind of event), `portals`, `ghosts`, `sessions`, `notices`, `commands` and
+//! `linking`. The rules are plain functions in [`mapping`] and [`ghost`].
 
 mod commands;
 pub mod config;
+mod context;
 pub mod credentials;
-mod events;
+mod delivery;
 pub mod ghost;
+mod ghosts;
 pub mod latency;
 mod linking;
 pub mod mapping;
 pub mod matrix;
 pub mod metrics;
-mod portal;
-mod runtime;
+mod notices;
+mod payload;
+mod portal_cache;
+mod portals;
+mod sessions;
+mod to_matrix;
+mod to_xmpp;
 
-pub use runtime::{Bridge, StartError};
+pub use context::{Bridge, StartError};
+pub use sessions::check_xmpp;

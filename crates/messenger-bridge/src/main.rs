@@ -6,6 +6,7 @@ mod settings;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -23,6 +24,8 @@ const USAGE: &str = "usage: messenger-bridge [-c config.yaml] <command>
 commands:
   run                       run the bridge (the default)
   check-config              report every problem in the configuration, then exit
+  check-xmpp                connect to the configured XMPP server (TLS and login offer, no
+                            real credentials) and say whether its certificate is trusted
   generate-registration [-o registration.yaml] [--force]
                             write the appservice registration for the homeserver (new tokens)
   generate-key              print a new database encryption key
@@ -112,6 +115,7 @@ fn real_main(args: Vec<String>) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        "check-xmpp" => runtime()?.block_on(check_xmpp(&args.config)),
         "generate-registration" => generate_registration(&args),
         "healthcheck" => healthcheck(args.rest.first().map_or("127.0.0.1:29317", String::as_str)),
         "link" => runtime()?.block_on(link(&args)),
@@ -181,9 +185,11 @@ fn init_logging(settings: &Settings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(&settings.logging.filter));
+    // Colour codes only for a terminal: a log file or journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if settings.logging.format == "json" {
         builder.json().init();
     } else {
@@ -197,11 +203,34 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let mut config = StoreConfig::new(settings.database.url.clone(), keyring);
     config.max_connections = settings.database.max_connections;
     config.connect_attempts = settings.database.connect_attempts.max(1);
+    // The bridge gives up by age (bridge.retry_for_secs), not by a count of attempts.
+    config.outbox_max_attempts = u32::MAX;
     config.sqlite_sync = match settings.database.sqlite_synchronous {
         settings::SqliteSynchronous::Full => store::SqliteSync::Full,
         settings::SqliteSynchronous::Normal => store::SqliteSync::Normal,
     };
     Ok(Store::open(config).await?)
+}
+
+fn xmpp_tls(config: &bridge::config::BridgeConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    tls_client_config(&TlsSettings {
+        ca_file: config.xmpp.ca_file.clone(),
+        insecure_skip_verify: config.xmpp.insecure_skip_verify,
+        fingerprints: config.xmpp.tls_fingerprint.iter().cloned().collect(),
+    })
+    .context("xmpp TLS settings")
+}
+
+async fn check_xmpp(path: &Path) -> anyhow::Result<()> {
+    let settings = load_settings(path)?;
+    let tls = xmpp_tls(&settings.bridge)?;
+    match bridge::check_xmpp(&settings.bridge, tls).await {
+        Ok(report) => {
+            println!("{report}");
+            Ok(())
+        }
+        Err(problem) => bail!("{problem}"),
+    }
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {
@@ -224,11 +253,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 
     let matrix = connect_homeserver(&config).await?;
 
-    let tls = tls_client_config(&TlsSettings {
-        ca_file: config.xmpp.ca_file.clone(),
-        insecure_skip_verify: config.xmpp.insecure_skip_verify,
-    })
-    .context("xmpp TLS settings")?;
+    let tls = xmpp_tls(&config)?;
     let mut manager_config = ManagerConfig::new(tls.clone());
     manager_config.max_concurrent_connects = config.xmpp.max_concurrent_connects;
     manager_config.timers.keepalive = Duration::from_secs(config.xmpp.keepalive_secs.clamp(5, 60));
@@ -245,7 +270,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         store.clone(),
         matrix.clone(),
         xmpp.clone(),
-        tls,
+        tls.clone(),
         oauth,
     )?;
 
@@ -262,6 +287,17 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         }
     }
     tracing::info!(listen = %config.appservice.listen, bot = %bridge.bot(), "bridge running");
+    // The XMPP server's reachability and certificate, checked now rather than after someone's
+    // first sign-in.
+    {
+        let (config, tls) = (config.clone(), tls.clone());
+        tokio::spawn(async move {
+            match bridge::check_xmpp(&config, tls).await {
+                Ok(report) => tracing::info!("XMPP server check: {report}"),
+                Err(problem) => tracing::error!("XMPP server check failed: {problem}"),
+            }
+        });
+    }
 
     tokio::select! {
         r = server => match r {

@@ -191,6 +191,17 @@ pub(crate) fn read_registration(path: &Path) -> Result<Registration, String> {
 }
 
 /// Checks the tree; returns every problem with the key's path and what to do.
+/// The numeric options and their accepted ranges (inclusive).
+const NUMBER_RANGES: &[(&str, u64, u64)] = &[
+    ("/bridge/max_message_bytes", 256, 60_000),
+    ("/bridge/state_notice_delay_secs", 0, 86_400),
+    ("/bridge/login_link_lifetime_secs", 1, 86_400),
+    ("/bridge/retry_for_secs", 60, 30 * 86_400),
+    ("/bridge/retry_max_delay_secs", 1, 3_600),
+    ("/xmpp/keepalive_secs", 5, 3_600),
+    ("/xmpp/max_stanza_bytes", 16_384, 16 * 1024 * 1024),
+];
+
 pub(crate) fn check(tree: &Value) -> Vec<String> {
     let mut p = Vec::new();
     let s = |ptr: &str| {
@@ -296,6 +307,30 @@ pub(crate) fn check(tree: &Value) -> Vec<String> {
     } else if s("/xmpp/profile").unwrap_or("messenger") == "messenger" {
         p.push("oauth: missing; the messenger profile logs in with OAuth 2.0 (see config.example.yaml)".into());
     }
+    if let Some(pin) = s("/xmpp/tls_fingerprint") {
+        let hex: String = pin.chars().filter(|c| *c != ':').collect();
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            p.push(format!(
+                "xmpp.tls_fingerprint: {pin:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed; `messenger-bridge check-xmpp` prints the server's)"
+            ));
+        }
+    }
+    // Every number has a range: a value outside it would hang or disable the bridge (a body
+    // limit under a few bytes cannot be split, a zero retry delay spins).
+    for (ptr, min, max) in NUMBER_RANGES {
+        let Some(v) = tree.pointer(ptr) else {
+            continue;
+        };
+        let n = v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|t| t.trim().parse().ok()));
+        if !n.is_some_and(|n| (*min..=*max).contains(&n)) {
+            p.push(format!(
+                "{}: {v} is out of range; use a whole number from {min} to {max}",
+                key(ptr)
+            ));
+        }
+    }
     if let Some(f) = s("/logging/format")
         && !matches!(f, "text" | "json")
     {
@@ -355,6 +390,32 @@ mod tests {
                 "no problem starting with {needle:?} in {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_problems() {
+        let tree = json!({
+            "xmpp": {"keepalive_secs": 0, "tls_fingerprint": "AB:CD"},
+            "bridge": {"max_message_bytes": 3, "retry_max_delay_secs": "0", "retry_for_secs": 600},
+        });
+        let problems = check(&tree);
+        for needle in [
+            "bridge.max_message_bytes: 3 is out of range",
+            "bridge.retry_max_delay_secs",
+            "xmpp.keepalive_secs",
+            "xmpp.tls_fingerprint",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(needle)),
+                "no problem starting with {needle:?} in {problems:#?}"
+            );
+        }
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.starts_with("bridge.retry_for_secs")),
+            "600 is in range: {problems:#?}"
+        );
     }
 
     #[test]

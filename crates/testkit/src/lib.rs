@@ -165,7 +165,13 @@ pub async fn register_matrix_user(env: &StackEnv, username: &str, password: &str
 
 /// A token response for the bridge's own OAuth client, as JSON for `messenger-bridge link`.
 pub async fn bridge_tokens_json(env: &StackEnv, user: &str) -> String {
-    let t = oauth_tokens(env, user, "messenger-bridge").await;
+    bridge_tokens_json_for(env, user, "messenger-bridge").await
+}
+
+/// Like [`bridge_tokens_json`], issued to another of the provider's clients (e.g.
+/// `messenger-bridge-public`, the bridge configured as a public client).
+pub async fn bridge_tokens_json_for(env: &StackEnv, user: &str, client: &str) -> String {
+    let t = oauth_tokens(env, user, client).await;
     json!({"access_token": t.access_token, "refresh_token": t.refresh_token, "expires_in": t.expires_in}).to_string()
 }
 

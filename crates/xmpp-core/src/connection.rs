@@ -54,8 +54,12 @@ impl ConnectionConfig {
 /// How to verify the server's certificate.
 #[derive(Debug, Clone, Default)]
 pub struct TlsSettings {
-    /// Extra CA certificates (PEM) trusted besides the system's.
+    /// Extra certificates (PEM) trusted besides the system's: CA certificates, or the server's
+    /// own certificate (a self-signed one, as `prosodyctl cert generate` makes), which is then
+    /// pinned: accepted when the server presents exactly it.
     pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprints (hex, colons allowed) of server certificates accepted as they are.
+    pub fingerprints: Vec<String>,
     /// Skip certificate verification entirely. Only for test servers; logged loudly.
     pub insecure_skip_verify: bool,
 }
@@ -189,34 +193,143 @@ pub fn tls_client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Co
         // A broken system certificate should not stop the bridge; skip it.
         let _ = roots.add(cert);
     }
+    let mut pinned = Vec::new();
     if let Some(path) = &settings.ca_file {
         use pki_types::pem::PemObject;
         let certs = pki_types::CertificateDer::pem_file_iter(path).map_err(|e| {
             ConnectError::TlsSettings(format!("cannot read CA file {}: {e}", path.display()))
         })?;
-        let mut added = 0;
         for cert in certs {
             let cert = cert.map_err(|e| {
                 ConnectError::TlsSettings(format!("bad certificate in {}: {e}", path.display()))
             })?;
-            roots.add(cert).map_err(|e| {
-                ConnectError::TlsSettings(format!(
-                    "unusable certificate in {}: {e}",
-                    path.display()
-                ))
-            })?;
-            added += 1;
+            // As a CA it signs server certificates; as the server's own certificate it is pinned.
+            if let Err(e) = roots.add(cert.clone()) {
+                tracing::debug!(file = %path.display(), error = %e, "a certificate that is not a usable CA; it is pinned as a server certificate");
+            }
+            pinned.push(cert.as_ref().to_vec());
         }
-        if added == 0 {
+        if pinned.is_empty() {
             return Err(ConnectError::TlsSettings(format!(
                 "no certificates in CA file {}",
                 path.display()
             )));
         }
     }
+    let fingerprints = settings
+        .fingerprints
+        .iter()
+        .map(|f| parse_fingerprint(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| ConnectError::TlsSettings(format!("no usable trust anchors: {e}")))?;
+    let verifier = PinningVerifier {
+        webpki,
+        pinned,
+        fingerprints,
+    };
     Ok(Arc::new(
-        builder.with_root_certificates(roots).with_no_client_auth(),
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
     ))
+}
+
+/// A SHA-256 fingerprint from hex (`AB:CD:…` or `abcd…`).
+fn parse_fingerprint(text: &str) -> Result<[u8; 32], ConnectError> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect();
+    let bad = || {
+        ConnectError::TlsSettings(format!(
+            "xmpp.tls_fingerprint {text:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+        ))
+    };
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// The SHA-256 fingerprint of a certificate, as `AB:CD:…`.
+pub fn fingerprint(cert: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(cert)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Verifies the server's certificate: a pinned certificate (from the CA file, or by SHA-256
+/// fingerprint) is accepted as it is; anything else must chain to a trusted CA (WebPKI). A
+/// refusal names the certificate's fingerprint and the two ways to trust it.
+#[derive(Debug)]
+struct PinningVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<Vec<u8>>,
+    fingerprints: Vec<[u8; 32]>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &pki_types::CertificateDer<'_>,
+        intermediates: &[pki_types::CertificateDer<'_>],
+        server_name: &pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let der = end_entity.as_ref();
+        let digest: [u8; 32] = sha2::Sha256::digest(der).into();
+        if self.pinned.iter().any(|p| p.as_slice() == der) || self.fingerprints.contains(&digest) {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| {
+                rustls::Error::General(format!(
+                    "{e}. The server's certificate has SHA-256 fingerprint {}: if it is the \
+                     right server (e.g. a self-signed certificate), put that certificate in \
+                     xmpp.ca_file or its fingerprint in xmpp.tls_fingerprint",
+                    fingerprint(der)
+                ))
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 #[derive(Debug)]

@@ -407,7 +407,9 @@ impl SessionManager {
             let Some(result) = attempt_result else { break };
             match result {
                 Ok(established) => {
-                    attempt = 0;
+                    // `attempt` is reset only once the session has proved stable (below): a
+                    // session that dies right after login must not reconnect in a tight loop.
+                    let established_at = tokio::time::Instant::now();
                     refreshed_once = false;
                     let jid = established.negotiated.jid.clone();
                     tracing::info!(account = key, %jid, peer = %format!("{}:{}", established.peer.0, established.peer.1), "XMPP session established");
@@ -464,8 +466,10 @@ impl SessionManager {
                     if matches!(end, SessionEnd::Closed) {
                         break;
                     }
-                    tracing::warn!(account = key, reason = %end, "XMPP session lost; reconnecting");
-                    let delay = self.backoff(0);
+                    attempt = attempt_after_session(attempt, established_at.elapsed());
+                    let delay = self.backoff(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(account = key, reason = %end, retry_in = ?delay, "XMPP session lost; reconnecting");
                     self.emit(
                         key,
                         ManagerEvent::State(ConnectionState::TransientDisconnect {
@@ -541,9 +545,36 @@ impl SessionManager {
 }
 
 /// Sleeps; returns true when stopped meanwhile.
+/// How long a session must have lasted to count as stable: losing it then reconnects at once,
+/// while a session that keeps dying sooner backs off further each time.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
+
+/// The backoff attempt to use after a session that lived `lived` ends.
+fn attempt_after_session(attempt: u32, lived: Duration) -> u32 {
+    if lived >= STABLE_SESSION { 0 } else { attempt }
+}
+
 async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => *stop.borrow(),
         _ = stop.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_dies_soon_after_login_backs_off_further() {
+        // Dies after 1 s, three times: the attempts grow (1, 2, 3 → longer delays).
+        let mut attempt = 0;
+        for expected in [0, 1, 2] {
+            attempt = attempt_after_session(attempt, Duration::from_secs(1));
+            assert_eq!(attempt, expected);
+            attempt += 1;
+        }
+        // A session that lasted is lost by bad luck: reconnect at the first delay again.
+        assert_eq!(attempt_after_session(attempt, STABLE_SESSION), 0);
     }
 }

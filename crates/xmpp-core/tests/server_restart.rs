@@ -50,6 +50,7 @@ async fn session_comes_back_after_the_xmpp_server_restarts() {
     let tls = tls_client_config(&TlsSettings {
         ca_file: Some(env.get("XMPP_CA_FILE").into()),
         insecure_skip_verify: false,
+        ..TlsSettings::default()
     })
     .unwrap();
     let mut config = ManagerConfig::new(tls);

@@ -76,6 +76,15 @@ const clients = [
     token_endpoint_auth_method: 'client_secret_post',
   },
   {
+    // The bridge as a public client (no secret; PKCE), as an operator without a client secret
+    // configures it: every token request carries only client_id.
+    client_id: 'messenger-bridge-public',
+    redirect_uris: bridgeRedirects,
+    grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'none',
+  },
+  {
     // tests/stack smoke test: confidential too, so it can also introspect and revoke.
     client_id: 'smoke-test',
     client_secret: env('OAUTH_SMOKE_SECRET'),

@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use store::{Direction, Queued};
 
-use crate::runtime::LEASE;
+use crate::delivery::LEASE;
 
-use crate::runtime::Bridge;
+use crate::context::Bridge;
 
 /// The appservice router.
 pub fn router(bridge: Bridge) -> Router {
@@ -186,7 +186,7 @@ fn should_record(bridge: &Bridge, event: &Value) -> bool {
     }
     matches!(
         event["type"].as_str(),
-        Some("m.room.message" | "m.room.member")
+        Some("m.room.message" | "m.room.member" | "m.room.encrypted" | "m.room.encryption")
     )
 }
 

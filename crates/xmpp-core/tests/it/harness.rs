@@ -25,6 +25,7 @@ pub(crate) fn manager_with(
     let tls = tls_client_config(&TlsSettings {
         ca_file: Some(env.get("XMPP_CA_FILE").into()),
         insecure_skip_verify: false,
+        ..TlsSettings::default()
     })
     .unwrap();
     let mut config = ManagerConfig::new(tls);

@@ -8,3 +8,4 @@ mod harness;
 mod login;
 mod misbehaving_server;
 mod stanzas;
+mod tls_pinning;

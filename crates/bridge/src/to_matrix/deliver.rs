@@ -1,0 +1,215 @@
+//! Delivery of recorded XMPP messages into their portals, as the contact's ghost, idempotently:
+//! a retry after a crash reuses the transaction id, a portal the ghost can no longer write to is
+//! repaired, and what truly cannot be delivered is told to the user.
+
+use std::time::{Duration, Instant};
+
+use ruma::OwnedRoomId;
+use serde_json::Value;
+use store::ClaimedItem;
+use xmpp_core::Jid;
+
+use crate::context::Bridge;
+use crate::delivery::DeliveryEnd;
+use crate::mapping;
+use crate::matrix::MatrixError;
+use crate::payload::{ToMatrix, ToMatrixKind};
+
+/// Content key marking the events the bridge sent, with the transaction id they were sent
+/// with; lets a retry find out whether an earlier attempt went through.
+const TXN_MARKER: &str = "net.messenger-bridge.txn";
+/// Matrix caps events at 64 KiB; keep message bodies well inside.
+const MAX_MATRIX_BODY: usize = 48 * 1024;
+/// How many times a portal is rebuilt for one message before the bridge stops trying.
+const PORTAL_REPAIRS: i64 = 3;
+
+/// A message that went to Matrix: `(room id, event id, stanza id)`, for the message map.
+type Delivered = (String, String, String);
+
+impl Bridge {
+    /// Delivers one item to Matrix; returns the next item of its queue if the ack took one.
+    pub(crate) async fn deliver_to_matrix(&self, item: ClaimedItem) -> Option<ClaimedItem> {
+        let payload = match ToMatrix::from_bytes(&item.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                // Never taken for delivered: kept as failed, with the reason, for the operator.
+                self.inner.metrics.failure("outbox_unreadable");
+                tracing::error!(item = item.id, queue = %item.queue_key, error = %e, "cannot read a message waiting for Matrix; it is kept as failed");
+                self.give_up(&item, &e.to_string()).await;
+                return None;
+            }
+        };
+        let mut remote = Duration::ZERO;
+        match self.send_to_matrix(&item, &payload, &mut remote).await {
+            Ok(mapping) => {
+                let done = Instant::now();
+                let next = self.ack(&item, mapping.as_ref()).await;
+                let outcome = match payload.kind {
+                    ToMatrixKind::Message { .. } => DeliveryEnd::Message { remote, done },
+                    ToMatrixKind::Notice { .. } => DeliveryEnd::Other,
+                };
+                self.delivery_ended(&item, outcome, next.is_some());
+                return next;
+            }
+            Err((e, _)) if e.is_transient() => {
+                tracing::warn!(queue = %item.queue_key, error = %e, "delivery to Matrix failed; will retry");
+                if self.retry_later(&item, &e.to_string()).await {
+                    self.inner.metrics.failure("matrix_gave_up");
+                    self.tell_undelivered(&payload, &item, &e).await;
+                }
+            }
+            Err((e, Some(room)))
+                if e.errcode() == Some("M_FORBIDDEN") && item.attempts <= PORTAL_REPAIRS =>
+            {
+                // The user left, or kicked the ghost, while the bridge was not looking: this
+                // portal is dead. Forget it; the next attempt opens a new one and delivers.
+                tracing::warn!(queue = %item.queue_key, room = %room, error = %e, "the ghost cannot write to its portal; opening a new one");
+                self.inner.metrics.failure("portal_repaired");
+                if let Err(e) = self
+                    .forget_portal(&payload.user, &payload.contact, &room)
+                    .await
+                {
+                    tracing::error!(room = %room, error = %e, "could not forget a dead portal; will retry");
+                }
+                self.retry_now(&item, "portal repaired").await;
+            }
+            Err((e, _)) => {
+                self.inner.metrics.failure("matrix_refused");
+                tracing::error!(queue = %item.queue_key, error = %e, "Matrix refused a message; not retrying");
+                self.give_up(&item, &e.to_string()).await;
+                self.tell_undelivered(&payload, &item, &e).await;
+            }
+        }
+        None
+    }
+
+    /// Tells the user in their management room what could not be delivered: who, when, what.
+    async fn tell_undelivered(&self, payload: &ToMatrix, item: &ClaimedItem, error: &MatrixError) {
+        let ToMatrixKind::Message { body, .. } = &payload.kind else {
+            return;
+        };
+        let when = payload.origin_ts().unwrap_or(item.created_at);
+        let when = time::OffsetDateTime::from_unix_timestamp(when / 1000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        self.notify_user(
+            &payload.user,
+            &format!(
+                "⚠ A message from {} ({when}) could not be delivered to Matrix ({}):\n{body}",
+                payload.contact,
+                error.to_string().chars().take(200).collect::<String>()
+            ),
+        )
+        .await;
+    }
+
+    /// Sends one outbox item to Matrix; `remote` accumulates the time spent waiting for the
+    /// homeserver. Returns the `(room, event, stanza id)` mapping of a bridged message, or the
+    /// error with the portal it happened in.
+    async fn send_to_matrix(
+        &self,
+        item: &ClaimedItem,
+        payload: &ToMatrix,
+        remote: &mut Duration,
+    ) -> Result<Option<Delivered>, (MatrixError, Option<OwnedRoomId>)> {
+        let contact = Jid::parse(&payload.contact).map_err(|e| {
+            let e = MatrixError::Invalid {
+                what: "an outbox item",
+                reason: e.to_string(),
+            };
+            (e, None)
+        })?;
+        let ghost = self
+            .ensure_ghost(&payload.user, &contact, false)
+            .await
+            .map_err(|e| (e, None))?;
+        let room = self
+            .ensure_portal(&payload.user, &contact)
+            .await
+            .map_err(|e| (e, None))?;
+        let in_room = |e| (e, Some(room.clone()));
+        match &payload.kind {
+            ToMatrixKind::Message {
+                body, stanza_id, ..
+            } => {
+                let ts = payload.origin_ts();
+                let parts = mapping::split_text(body, MAX_MATRIX_BODY);
+                let mut last_event = None;
+                // A retry may follow an attempt the homeserver did accept (its answer was lost,
+                // or it restarted and forgot the transaction id): look for our own marker first.
+                let already = if item.attempts > 1 {
+                    let t = Instant::now();
+                    let events = self
+                        .inner
+                        .matrix
+                        .recent_events(&ghost, &room, 100)
+                        .await
+                        .map_err(in_room)?;
+                    *remote += t.elapsed();
+                    events
+                } else {
+                    Vec::new()
+                };
+                for (i, part) in parts.iter().enumerate() {
+                    // Derived from the outbox item: a retry after a crash reuses it, and the
+                    // homeserver answers with the event it already has.
+                    let txn = format!("xmpp-{}-{i}", item.id);
+                    if let Some(event) = already
+                        .iter()
+                        .find(|e| e["content"][TXN_MARKER] == txn.as_str())
+                    {
+                        last_event = event["event_id"]
+                            .as_str()
+                            .and_then(|id| ruma::EventId::parse(id).ok());
+                        continue;
+                    }
+                    let mut content = mapping::xmpp_body_to_matrix(part);
+                    content[TXN_MARKER] = Value::String(txn.clone());
+                    let t = Instant::now();
+                    let event = self
+                        .inner
+                        .matrix
+                        .send_message(&ghost, &room, &txn, raw(&content), "m.room.message", ts)
+                        .await
+                        .map_err(in_room)?;
+                    *remote += t.elapsed();
+                    last_event = Some(event);
+                }
+                let mapping = match (last_event, stanza_id) {
+                    (Some(event), Some(stanza)) => {
+                        Some((room.to_string(), event.to_string(), stanza.clone()))
+                    }
+                    _ => None,
+                };
+                // A message ends typing (XEP-0085 §5.3), if the ghost was shown typing.
+                let t = Instant::now();
+                self.end_ghost_typing(&ghost, &room).await;
+                *remote += t.elapsed();
+                Ok(mapping)
+            }
+            ToMatrixKind::Notice { text } => {
+                let txn = format!("xmpp-{}", item.id);
+                let content = mapping::notice(text);
+                self.inner
+                    .matrix
+                    .send_message(&ghost, &room, &txn, raw(&content), "m.room.message", None)
+                    .await
+                    .map_err(in_room)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Event content as the raw JSON the client sends.
+fn raw(content: &Value) -> ruma::serde::Raw<ruma::events::AnyMessageLikeEventContent> {
+    // A `Value` always serializes.
+    let json = serde_json::value::to_raw_value(content).unwrap_or_else(|_| {
+        serde_json::value::to_raw_value(&serde_json::json!({})).unwrap_or_default()
+    });
+    ruma::serde::Raw::from_json(json)
+}

@@ -1,0 +1,99 @@
+//! XMPP → Matrix: each linked account's XMPP events, handled in order by that account's own
+//! task: messages are recorded and delivered to the portal, presence and chat states shown on the
+//! ghost, roster names remembered.
+
+mod deliver;
+mod message;
+mod presence;
+mod typing;
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+use xmpp_core::Jid;
+use xmpp_core::manager::{AccountEvent, ManagerEvent};
+use xmpp_core::session::SessionEvent;
+
+use crate::context::Bridge;
+
+impl Bridge {
+    /// Hands each account's XMPP events to that account's own task, so they are handled in
+    /// order per account while a slow homeserver call for one user never stalls the others.
+    pub(crate) async fn xmpp_event_loop(self, mut events: mpsc::Receiver<AccountEvent>) {
+        let mut accounts: HashMap<String, mpsc::UnboundedSender<ManagerEvent>> = HashMap::new();
+        while let Some(AccountEvent { account, event }) = events.recv().await {
+            let queue = accounts.entry(account.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(self.clone().account_events(account.clone(), rx));
+                tx
+            });
+            if let Err(mpsc::error::SendError(event)) = queue.send(event) {
+                // The account's task ended (it panicked): start a new one for what follows.
+                tracing::error!(user = %account, "the account's event task had stopped; restarting it");
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(self.clone().account_events(account.clone(), rx));
+                let _ = tx.send(event);
+                accounts.insert(account, tx);
+            }
+        }
+    }
+
+    /// One account's XMPP events, in order.
+    async fn account_events(
+        self,
+        account: String,
+        mut events: mpsc::UnboundedReceiver<ManagerEvent>,
+    ) {
+        while let Some(event) = events.recv().await {
+            self.on_account_event(&account, event).await;
+        }
+    }
+
+    async fn on_account_event(&self, account: &str, event: ManagerEvent) {
+        match event {
+            ManagerEvent::State(state) => self.on_state(account, state).await,
+            ManagerEvent::Roster(items) => {
+                for item in items {
+                    self.remember_roster_name(account, &item);
+                    self.spawn_profile_sync(account, item.jid.clone());
+                }
+            }
+            ManagerEvent::Session(SessionEvent::RosterPush(items)) => {
+                for item in items {
+                    self.remember_roster_name(account, &item);
+                }
+            }
+            ManagerEvent::Session(SessionEvent::Message(m)) => {
+                self.on_xmpp_message(account, m).await;
+            }
+            ManagerEvent::Session(SessionEvent::Presence(p)) => {
+                self.on_xmpp_presence(account, p).await;
+            }
+            ManagerEvent::Session(SessionEvent::Invalid { reason }) => {
+                tracing::warn!(user = %account, %reason, "ignored a stanza the bridge cannot understand");
+            }
+        }
+    }
+
+    pub(crate) fn remember_roster_name(&self, account: &str, item: &xmpp_core::stanza::RosterItem) {
+        if let Some(name) = &item.name {
+            let mut names = self
+                .inner
+                .roster_names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            names.insert((account.to_owned(), item.jid.to_string()), name.clone());
+        }
+    }
+
+    pub(crate) fn spawn_profile_sync(&self, account: &str, contact: Jid) {
+        let this = self.clone();
+        let account = account.to_owned();
+        tokio::spawn(async move {
+            let _permit = this.inner.profile_sync.acquire().await;
+            if let Err(e) = this.ensure_ghost(&account, &contact, true).await {
+                tracing::warn!(user = %account, contact = %contact, error = %e, "could not update a contact's profile");
+            }
+        });
+    }
+}
