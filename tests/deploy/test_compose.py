@@ -192,8 +192,7 @@ def test_prosody_config_keeps_every_setting_of_the_native_template():
     assert keys(template) - {"run_as_root"} <= keys(ours)
     hosts = lambda text: re.findall(r'^VirtualHost "([^"]+)"', text, re.M)
     assert hosts(ours) == ["messenger.localhost", "xmpp.localhost"]
-    # The native stack's third host, selfsigned.localhost (tests of a self-signed certificate
-    # pinned by the bridge), is no part of the demo.
+    # selfsigned.localhost is a test host of the native stack only (Prosody's own certificate).
     assert hosts(template) == ["@MESSENGER_DOMAIN@", "@STANDARD_DOMAIN@", "@SELFSIGNED_DOMAIN@"]
     for line in re.findall(r"^\s*(\"[a-z_]+\";.*)$", template, re.M):
         assert line.strip() in ours, line

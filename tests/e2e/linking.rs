@@ -594,9 +594,9 @@ async fn provider_down_or_answering_garbage_gets_a_clear_message_and_a_retry_wor
     bridge.stop().await;
 }
 
-/// After the provider refused the stored sign-in (revoked, expired), `login` starts a new one
-/// instead of answering "already linked", and the notice says what to do without provider
-/// internals.
+/// After the provider refused the stored sign-in (revoked, expired), the user is told in a room
+/// the bot opens, without provider internals, and `login` there starts a new sign-in instead of
+/// answering "already linked".
 #[tokio::test]
 async fn login_works_again_after_the_sign_in_was_refused() {
     let _serial = serial().await;
@@ -611,10 +611,13 @@ async fn login_works_again_after_the_sign_in_was_refused() {
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     bridge.start().await;
-    let room = dm_with_bot(&env, &user).await;
-
-    // Reconnect on purpose: the refusal is told in this (management) room.
-    user.send_text(&room, "sync").await;
+    // The user never talked to the bot (the operator linked them): the bot opens a room to
+    // tell them.
+    let room = user
+        .accept_invite_from(&bot(&env), T)
+        .await
+        .room_id()
+        .to_owned();
     let notice = bot_said(&user, &room, &env, |b| b.starts_with("❌")).await;
     assert!(notice.contains("Send `login`"), "{notice}");
     assert_eq!(notice.matches("login").count(), 1, "said once: {notice}");

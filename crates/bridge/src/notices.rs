@@ -40,16 +40,65 @@ impl Bridge {
     }
 
     /// Tells a user something in their management room, if they have one.
+    /// A user without one (linked by the operator's `link` command) gets one opened by the
+    /// bot. A database error is retried a few times, then logged, never dropped silently.
     pub(crate) async fn notify_user(&self, matrix_user: &str, text: &str) {
-        if let Ok(Some(user)) = self.inner.store.linked_user(matrix_user).await
-            && let Some(room) = user.management_room
-        {
-            self.bot_say(&room, text).await;
+        let mut wait = std::time::Duration::from_millis(500);
+        for attempt in 1..=4 {
+            match self.inner.store.linked_user(matrix_user).await {
+                Ok(Some(user)) => {
+                    let room = match user.management_room {
+                        Some(room) => Some(room),
+                        None => self.open_management_room(matrix_user).await,
+                    };
+                    if let Some(room) = room {
+                        self.bot_say(&room, text).await;
+                    }
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) if attempt < 4 => {
+                    tracing::warn!(user = %matrix_user, error = %e, "cannot read the user's management room; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(user = %matrix_user, error = %e, "could not tell the user something (database unavailable)");
+                }
+            }
         }
     }
 
     /// The bot says something in a room.
     pub(crate) async fn bot_say(&self, room_id: &str, text: &str) {
         self.post_notice(&self.inner.bot, room_id, text).await;
+    }
+
+    /// Opens a DM between the bot and a linked user and makes it their management room.
+    async fn open_management_room(&self, matrix_user: &str) -> Option<String> {
+        use ruma::api::client::room::create_room;
+        let inner = &self.inner;
+        let invitee = crate::context::parse_user(matrix_user).ok()?;
+        let mut request = create_room::v3::Request::new();
+        request.invite = vec![invitee];
+        request.is_direct = true;
+        request.preset = Some(create_room::v3::RoomPreset::TrustedPrivateChat);
+        request.name = Some(inner.config.appservice.bot_displayname.clone());
+        let room = match inner.matrix.create_room(&inner.bot, request).await {
+            Ok(room) => room.to_string(),
+            Err(e) => {
+                tracing::warn!(user = %matrix_user, error = %e, "could not open a management room");
+                return None;
+            }
+        };
+        if let Err(e) = inner
+            .store
+            .set_management_room(matrix_user, Some(&room))
+            .await
+        {
+            tracing::warn!(user = %matrix_user, error = %e, "could not save the new management room");
+        }
+        tracing::info!(user = %matrix_user, %room, "opened a management room");
+        Some(room)
     }
 }

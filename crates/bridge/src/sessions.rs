@@ -89,8 +89,12 @@ impl Bridge {
     pub(crate) async fn refresh_tokens_forever(self) {
         loop {
             tokio::time::sleep(Duration::from_secs(15)).await;
-            let Ok(users) = self.inner.store.linked_users().await else {
-                continue;
+            let users = match self.inner.store.linked_users().await {
+                Ok(users) => users,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list linked users to refresh their tokens; trying again in 15 s");
+                    continue;
+                }
             };
             for user in users
                 .iter()

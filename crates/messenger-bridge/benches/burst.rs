@@ -15,69 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{Matrix, cpu_times, enc};
 use testkit::{ContactLogin, StackEnv, XmppContact, repo_root};
 
-/// User and system CPU seconds of a process so far.
-fn cpu_times(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = stat.rsplit_once(')').unwrap().1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of /proc/PID/stat (1-based, counting pid and comm).
-    let tick = |i: usize| fields[i].parse::<f64>().unwrap() / 100.0;
-    (tick(11), tick(12))
-}
-
-struct Matrix {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Matrix {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().await.unwrap();
-        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null)
-    }
-
-    async fn count_from(&self, room: &str, sender: &str, prefix: &str) -> usize {
-        let mut count = 0;
-        let mut from: Option<String> = None;
-        for _ in 0..20 {
-            let mut path = format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
-                enc(room)
-            );
-            if let Some(f) = &from {
-                path.push_str(&format!("&from={}", enc(f)));
-            }
-            let page = self.call(reqwest::Method::GET, &path, None).await;
-            let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
-            count += chunk
-                .iter()
-                .filter(|e| {
-                    e["sender"] == sender
-                        && e["content"]["body"]
-                            .as_str()
-                            .is_some_and(|b| b.starts_with(prefix))
-                })
-                .count();
-            match page["end"].as_str() {
-                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
-                _ => break,
-            }
-        }
-        count
-    }
-}
+mod support;
 
 /// The user's Matrix client keeps syncing for the whole run, as a real client does: Synapse's
 /// CPU then includes delivering every event to one client, and the bench learns from the sync
@@ -127,18 +68,6 @@ fn spawn_sync_loop(
             }
         }
     })
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The `q` quantile of one part of `messenger_bridge_latency_seconds` as its histogram bucket
@@ -324,7 +253,7 @@ async fn main() {
         Instant::now(),
     );
     for i in 0..n {
-        bob.send_chat(&alice, Some(&format!("{tag} {i}")), None)
+        bob.send_chat(&alice, Some(&format!("{tag} {i}")), Some("active"))
             .await;
     }
     while seen.load(Ordering::SeqCst) < n {
