@@ -32,6 +32,8 @@ commands:
   link --user @u:server --jid user@domain [--profile messenger|standard]
                             link an account by hand; reads {\"access_token\", \"refresh_token\",
                             \"expires_in\"} or {\"password\"} as JSON from standard input
+  healthcheck [HOST:PORT]   exit 0 if the bridge's /health answers 200 (default
+                            127.0.0.1:29317; for container health checks without curl)
   version                   print the version
 
 The configuration path can also be given with MB_CONFIG.";
@@ -115,9 +117,43 @@ fn real_main(args: Vec<String>) -> anyhow::Result<()> {
         }
         "check-xmpp" => runtime()?.block_on(check_xmpp(&args.config)),
         "generate-registration" => generate_registration(&args),
+        "healthcheck" => healthcheck(args.rest.first().map_or("127.0.0.1:29317", String::as_str)),
         "link" => runtime()?.block_on(link(&args)),
         "run" => runtime()?.block_on(run(&args.config)),
         other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+/// `GET /health` over plain HTTP/1.0 with std only: the container image's health check, so the
+/// runtime image needs no curl.
+fn healthcheck(addr: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::net::{TcpStream, ToSocketAddrs as _};
+    let timeout = Duration::from_secs(3);
+    let sock = addr
+        .to_socket_addrs()
+        .with_context(|| format!("bad address {addr:?}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&sock, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < head.len() {
+        match stream.read(&mut head[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let head = String::from_utf8_lossy(&head[..len]);
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        bail!("{addr}/health answered {status:?}")
     }
 }
 

@@ -47,6 +47,6 @@ fi
 
 case $cmd in
     init) say "registration at $reg is ready"; exit 0 ;;
-    run | check-config | generate-registration | generate-key | link | version) exec "$bin" "$@" ;;
+    run | check-config | check-xmpp | generate-registration | generate-key | link | healthcheck | version) exec "$bin" "$@" ;;
     *) exec "$@" ;;
 esac
