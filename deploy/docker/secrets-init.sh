@@ -9,7 +9,7 @@ umask 022
 rand() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
 for name in synapse_shared_secret synapse_macaroon_secret synapse_form_secret \
     oauth_client_secret oauth_smoke_client_secret oauth_prosody_secret oauth_cookie_key \
-    postgres_password; do
+    postgres_password metrics_token; do
     if [ ! -s "$d/$name" ]; then
         rand >"$d/$name.tmp" && mv "$d/$name.tmp" "$d/$name"
         echo "secrets-init: generated $name" >&2

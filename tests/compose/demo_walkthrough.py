@@ -112,7 +112,9 @@ def from_bob(c: Client, room: str, pattern: str) -> list[dict]:
 
 
 def metrics() -> dict[str, float]:
-    text = requests.get(f"{BRIDGE}/metrics", timeout=10).text
+    # The compose bridge serves /metrics to its token only (secrets-init generates it).
+    token = os.environ.get("METRICS_TOKEN", "")
+    text = requests.get(f"{BRIDGE}/metrics", headers={"authorization": f"Bearer {token}"}, timeout=10).text
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r'^(messenger_bridge_messages_total\{direction="\w+"\}) (\S+)$', text, re.M)}
 
