@@ -92,7 +92,7 @@ async fn forged_or_missing_tokens_and_bad_json_are_refused_and_nothing_is_record
 }
 
 #[tokio::test]
-async fn users_outside_the_permissions_get_a_polite_refusal() {
+async fn users_outside_the_permissions_are_refused_without_the_bot_joining() {
     let _serial = serial().await;
     let env = StackEnv::load();
     let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
@@ -118,24 +118,32 @@ async fn users_outside_the_permissions_get_a_polite_refusal() {
     let room = client.create_dm(&bot).await.unwrap();
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let mut options = matrix_sdk::room::MessagesOptions::backward();
-        options.limit = 50u32.into();
-        let msgs = room.messages(options).await.unwrap();
-        let said: Vec<String> = msgs
-            .chunk
-            .iter()
-            .filter_map(|e| serde_json::from_str::<serde_json::Value>(e.raw().json().get()).ok())
-            .filter(|v| v["sender"] == bot.as_str())
-            .filter_map(|v| v["content"]["body"].as_str().map(str::to_owned))
-            .collect();
-        if said.iter().any(|s| s.contains("not allowed")) {
+        client
+            .sync_once(matrix_sdk::config::SyncSettings::default())
+            .await
+            .unwrap();
+        let _ = room.sync_members().await;
+        let member = room.get_member_no_sync(&bot).await.ok().flatten();
+        let state = member.as_ref().map(|m| m.membership().clone());
+        if state == Some(ruma::events::room::member::MembershipState::Leave) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no polite refusal; the bot said {said:?}"
+            "the bot's invite was not rejected: {state:?}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Rejected, never joined: the bot said nothing in the room.
+    let mut options = matrix_sdk::room::MessagesOptions::backward();
+    options.limit = 50u32.into();
+    let msgs = room.messages(options).await.unwrap();
+    let from_bot = msgs
+        .chunk
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e.raw().json().get()).ok())
+        .filter(|v| v["sender"] == bot.as_str() && v["type"] == "m.room.message")
+        .count();
+    assert_eq!(from_bot, 0);
     bridge.stop().await;
 }

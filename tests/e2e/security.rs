@@ -198,3 +198,36 @@ async fn metrics_need_the_token_and_health_says_only_ready() {
     assert_eq!(health, serde_json::json!({"ready": true}));
     bridge.stop().await;
 }
+
+/// A linked user whom the administrator removed from `permissions` gets no XMPP session when the
+/// bridge starts, and is told why.
+#[tokio::test]
+async fn a_user_removed_from_the_permissions_gets_no_session_and_is_told() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let user = MatrixUser::new(&env, "removed").await;
+    bridge.link(&user.user_id, "alice").await;
+    bridge.edit_config(
+        &format!("\"@outsider:{}\": none", env.get("MATRIX_SERVER_NAME")),
+        &format!(
+            "\"@outsider:{}\": none\n    \"{}\": none",
+            env.get("MATRIX_SERVER_NAME"),
+            user.user_id
+        ),
+    );
+    bridge.start().await;
+    let bot = crate::linking::bot(&env);
+    let room = user.accept_invite_from(&bot, T).await.room_id().to_owned();
+    let notice = bot_said(&user, &room, &env, |b| b.starts_with("⛔")).await;
+    assert!(notice.contains("no longer allows"), "{notice}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    bridge.stop().await;
+    let log = std::fs::read_to_string(bridge.dir.join("bridge.log")).unwrap();
+    assert!(
+        log.contains("not starting the session of a user no longer allowed")
+            && !log.contains("XMPP session established"),
+        "the session must not start:\n{}",
+        bridge.log_tail()
+    );
+}

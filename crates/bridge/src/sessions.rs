@@ -43,6 +43,16 @@ impl Bridge {
             "starting XMPP sessions of linked users"
         );
         for user in users {
+            // Permissions are read again at every start: a user the administrator removed gets
+            // no session, and is told why.
+            if inner.config.bridge.level(&user.matrix_user).is_none() {
+                tracing::warn!(user = %user.matrix_user, "not starting the session of a user no longer allowed by bridge.permissions");
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.notify_user(&user.matrix_user, "⛔ The bridge administrator no longer allows you to use this bridge, so your account is not connected. Your login is kept; ask the administrator if this is a mistake.").await;
+                });
+                continue;
+            }
             self.start_session(&user.matrix_user, &user.jid, user.server_profile);
         }
         Ok(())

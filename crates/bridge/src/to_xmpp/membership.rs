@@ -31,13 +31,14 @@ pub(super) async fn on_membership(
     };
     let allowed = inner.config.bridge.level(sender).is_some();
     if target == inner.bot.as_str() && membership == "invite" {
-        if let Err(e) = inner.matrix.join(&inner.bot, &room).await {
-            tracing::warn!(room = room_id, error = %e, "the bot could not join");
+        if !allowed {
+            // Rejected without joining: a stranger cannot pull the bot into rooms.
+            tracing::info!(%sender, room = room_id, "rejected an invite from a user the permissions do not allow");
+            let _ = inner.matrix.leave(&inner.bot, &room).await;
             return Ok(());
         }
-        if !allowed {
-            bridge.bot_say(room_id, "Sorry, you are not allowed to use this bridge. Ask the bridge administrator to add you to the permissions.").await;
-            let _ = inner.matrix.leave(&inner.bot, &room).await;
+        if let Err(e) = inner.matrix.join(&inner.bot, &room).await {
+            tracing::warn!(room = room_id, error = %e, "the bot could not join");
             return Ok(());
         }
         if super::encrypted::invite_is_encrypted(event) {

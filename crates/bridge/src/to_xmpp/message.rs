@@ -26,15 +26,20 @@ pub(super) async fn on_message(
     let Some((portal_user, portal_contact)) = portal else {
         // Not a portal: a room with the bot. Everything there is a command.
         if inner.config.bridge.level(sender).is_none() {
-            bridge
-                .bot_say(room_id, "Sorry, you are not allowed to use this bridge.")
-                .await;
+            // No answer: in a room an allowed user shared with the bot, a stranger must not get a
+            // bot reply to every message (their invites are rejected; see membership).
+            tracing::debug!(%sender, room = room_id, "ignored a message from a user the permissions do not allow");
             return Ok(None);
         }
         crate::commands::handle(bridge, sender, room_id, body.trim()).await;
         return Ok(None);
     };
     if portal_user != sender {
+        return Ok(None);
+    }
+    if inner.config.bridge.level(sender).is_none() {
+        // A user removed from the permissions: told at start-up, their session is not running.
+        tracing::info!(%sender, room = room_id, "ignored a portal message from a user no longer allowed");
         return Ok(None);
     }
     if let Some(command) = body.strip_prefix("!msn ") {
