@@ -92,7 +92,7 @@ async fn introspect_active(env: &StackEnv, token: &str) -> bool {
 
 /// Signs in at the provider over HTTP (tests/stack/oauth_flow.py) and returns the code it sends
 /// to the bridge's callback, without calling the callback.
-async fn walk_to_callback(env: &StackEnv, authorize_url: &str, account: &str) -> String {
+pub(crate) async fn walk_to_callback(env: &StackEnv, authorize_url: &str, account: &str) -> String {
     let code = "import json, sys, requests; sys.path.insert(0, sys.argv[1]); import oauth_flow as o; \
                 q = o._walk(requests.Session(), sys.argv[2], sys.argv[3], sys.argv[3] + 'pass', False, \
                 stop=lambda u: '/login/callback' in u); print(q['code'][0])";
@@ -270,6 +270,14 @@ async fn forged_replayed_and_foreign_sign_ins_store_nothing() {
         "the first use redirects to the provider"
     );
     let location = first.headers()["location"].to_str().unwrap().to_owned();
+    // The browser that confirmed gets the cookie the callback checks (see security.rs).
+    let cookie1 = first.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     assert!(
         location.starts_with(env.get("OAUTH_AUTHORIZE_URL"))
             && location.contains("code_challenge=")
@@ -305,11 +313,13 @@ async fn forged_replayed_and_foreign_sign_ins_store_nothing() {
         .to_owned();
     let code2 = walk_to_callback(&env, &authorize2, "alice").await;
 
-    // Login 2's code with login 1's state: PKCE ties the code to its own login.
+    // Login 2's code with login 1's state (in login 1's browser): PKCE ties the code to its
+    // own login.
     let r = http
         .get(format!(
             "http://127.0.0.1:29317/login/callback?code={code2}&state={state1}"
         ))
+        .header("cookie", &cookie1)
         .send()
         .await
         .unwrap();
@@ -320,6 +330,7 @@ async fn forged_replayed_and_foreign_sign_ins_store_nothing() {
         .get(format!(
             "http://127.0.0.1:29317/login/callback?code={code2}&state={state1}"
         ))
+        .header("cookie", &cookie1)
         .send()
         .await
         .unwrap();

@@ -5,7 +5,7 @@
 use testkit::StackEnv;
 
 use crate::harness::*;
-use crate::linking::{bot_said, dm_with_bot};
+use crate::linking::{bot_said, dm_with_bot, walk_to_callback};
 
 /// An attacker sends their own `login` link to a victim. Opening it (or a chat app's link
 /// preview fetching it) shows whose Matrix account would be linked and uses nothing up; a
@@ -229,5 +229,71 @@ async fn a_user_removed_from_the_permissions_gets_no_session_and_is_told() {
             && !log.contains("XMPP session established"),
         "the session must not start:\n{}",
         bridge.log_tail()
+    );
+}
+
+/// The attacker confirms their own link, keeps the provider's sign-in URL (a real provider
+/// address) and sends it to a victim. The victim signs in at the provider, and the provider sends
+/// the victim's browser back to the bridge: the bridge refuses, because the sign-in did not come
+/// back to the browser that confirmed the link. Nothing is linked.
+#[tokio::test]
+async fn a_provider_sign_in_url_sent_to_someone_else_links_nothing() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.start().await;
+    let attacker = MatrixUser::new(&env, "mallory").await;
+    let room = dm_with_bot(&env, &attacker).await;
+    attacker.send_text(&room, "login").await;
+    let reply = bot_said(&attacker, &room, &env, |b| b.contains("/login/")).await;
+    let link = reply
+        .split_whitespace()
+        .find(|w| w.starts_with("http"))
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (_, confirmed) = confirm_link(&http, &link, &[]).await;
+    assert_eq!(confirmed.status(), 303);
+    let authorize = confirmed.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        confirmed.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("mb_login_oauth="),
+        "the confirming browser gets the callback cookie"
+    );
+
+    // The victim (bob) signs in for real; their browser has no cookie of the attacker's.
+    let code = walk_to_callback(&env, &authorize, "bob").await;
+    let state = authorize
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let r = http
+        .get(format!(
+            "http://127.0.0.1:29317/login/callback?code={code}&state={state}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("not started in this browser"), "{text}");
+    bridge.stop().await;
+    assert!(
+        bridge
+            .open_store()
+            .await
+            .linked_user(attacker.user_id.as_str())
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing linked"
     );
 }

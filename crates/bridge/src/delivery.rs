@@ -39,8 +39,9 @@ impl Bridge {
             self.give_up(item, reason).await;
             return true;
         }
+        // `attempts` counts this one: the first retry waits 2 s.
         let delay = retry_delay(
-            item.attempts,
+            item.attempts - 1,
             Duration::from_secs(config.retry_max_delay_secs),
         );
         self.schedule_retry(item, reason, delay).await

@@ -211,7 +211,7 @@ const NUMBER_RANGES: &[(&str, u64, u64)] = &[
     ("/bridge/login_link_lifetime_secs", 1, 86_400),
     ("/bridge/retry_for_secs", 60, 30 * 86_400),
     ("/bridge/retry_max_delay_secs", 1, 3_600),
-    ("/xmpp/keepalive_secs", 5, 3_600),
+    ("/xmpp/keepalive_secs", 5, 60),
     ("/xmpp/max_stanza_bytes", 16_384, 16 * 1024 * 1024),
 ];
 
@@ -327,6 +327,13 @@ pub(crate) fn check(tree: &Value) -> Vec<String> {
         p.push(format!(
             "appservice.public_url: {url:?} is plain HTTP to another host; the password form (standard profile) is served only over https:// or to a loopback address, so passwords never cross a network unencrypted"
         ));
+    }
+    if tree
+        .pointer("/appservice/metrics_token")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.trim().len() < 16)
+    {
+        p.push("appservice.metrics_token: too short; use at least 16 random characters (or leave it out: then only loopback connections read /metrics)".into());
     }
     if let Some(pin) = s("/xmpp/tls_fingerprint") {
         let hex: String = pin.chars().filter(|c| *c != ':').collect();

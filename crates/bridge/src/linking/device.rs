@@ -34,7 +34,7 @@ pub(super) async fn start_device_login(
         ("client_id", o.client_id.as_str()),
         ("scope", scope.as_str()),
     ]);
-    if let Some(s) = &o.client_secret {
+    if let Some(s) = o.client_secret.as_deref().filter(|s| !s.is_empty()) {
         req = req.basic_auth(&o.client_id, Some(s));
     }
     let response = req
@@ -134,20 +134,29 @@ pub(super) async fn start_device_login(
                 }
             }
         }
-        this.inner
+        // Forget our own handle only: a newer device login of this user may have replaced it.
+        let me = tokio::task::try_id();
+        let mut device = this
+            .inner
             .logins
             .device
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&user_owned);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if device.get(&user_owned).map(tokio::task::AbortHandle::id) == me {
+            device.remove(&user_owned);
+        }
     });
-    bridge
+    // A second `login --device` replaces the first: the first stops polling.
+    let previous = bridge
         .inner
         .logins
         .device
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(user.to_owned(), task.abort_handle());
+    if let Some(previous) = previous {
+        previous.abort();
+    }
     let direct = auth
         .verification_uri_complete
         .map(|u| format!(" (or open {u} directly)"))

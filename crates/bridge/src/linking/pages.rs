@@ -31,7 +31,7 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
         t = esc(title),
         m = esc(message)
     );
-    (status, Html(html)).into_response()
+    (status, PAGE_HEADERS, Html(html)).into_response()
 }
 
 fn invalid_link() -> Response {
@@ -44,6 +44,44 @@ fn invalid_link() -> Response {
 
 /// The cookie that ties a confirmation to the browser that saw the confirm page.
 const CONFIRM_COOKIE: &str = "mb_login_confirm";
+/// The cookie that ties the provider's callback to the browser that confirmed: without it, a
+/// provider sign-in URL taken from someone's own confirmed login could be sent to a victim, whose
+/// sign-in would then link to the sender's Matrix account.
+const OAUTH_COOKIE: &str = "mb_login_oauth";
+
+/// A cookie for the login pages (`Secure` when the bridge is reached over HTTPS).
+fn cookie(bridge: &Bridge, name: &str, value: &str, path: &str, same_site: &str) -> String {
+    let secure = if bridge.public_url().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{name}={value}; Path={path}; HttpOnly; SameSite={same_site}; Max-Age={}{secure}",
+        bridge.inner.config.bridge.login_link_lifetime_secs
+    )
+}
+
+/// The value of cookie `name` in a request.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(&format!("{name}="))
+                .map(str::to_owned)
+        })
+}
+
+/// Headers of every login page: never framed (clickjacking), never cached.
+const PAGE_HEADERS: [(header::HeaderName, &str); 3] = [
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+    (header::CACHE_CONTROL, "no-store"),
+];
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -82,18 +120,8 @@ async fn confirm_page(State(bridge): State<Bridge>, Path(token): Path<String>) -
          <p><button id=\"confirm\" type=\"submit\">Link to {user}</button></p></form></main></body></html>",
         user = esc(&user),
     );
-    let cookie = format!(
-        "{CONFIRM_COOKIE}={nonce}; Path=/login; HttpOnly; SameSite=Strict; Max-Age={}",
-        bridge.inner.config.bridge.login_link_lifetime_secs
-    );
-    (
-        [
-            (header::SET_COOKIE, cookie),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-        Html(html),
-    )
-        .into_response()
+    let cookie = cookie(&bridge, CONFIRM_COOKIE, &nonce, "/login", "Strict");
+    (PAGE_HEADERS, [(header::SET_COOKIE, cookie)], Html(html)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -133,6 +161,10 @@ async fn confirmed(
             "Open the link again and confirm on its page (the confirmation must come from the browser that shows it).",
         );
     }
+    // Only a link (not an OAuth sign-in in flight, whose `state` is a key here too).
+    if bridge.inner.logins.user_of(&token).is_none() {
+        return invalid_link();
+    }
     let Some(p) = bridge.inner.logins.take(&token) else {
         return invalid_link();
     };
@@ -169,16 +201,19 @@ fn start_oauth(bridge: &Bridge, p: Pending) -> Response {
         .add_scopes(scopes.into_iter().map(Scope::new))
         .set_pkce_challenge(challenge)
         .url();
+    let browser = super::pending::random_token();
     bridge.inner.logins.insert(
         state.secret().clone(),
         Pending {
             user: p.user,
             room: p.room,
             created: p.created,
-            step: Step::Authorizing(verifier),
+            step: Step::Authorizing(verifier, browser.clone()),
         },
     );
-    Redirect::to(url.as_str()).into_response()
+    // Lax: the provider's redirect back is a cross-site top-level GET.
+    let cookie = cookie(bridge, OAUTH_COOKIE, &browser, "/login/callback", "Lax");
+    ([(header::SET_COOKIE, cookie)], Redirect::to(url.as_str())).into_response()
 }
 
 #[derive(Deserialize)]
@@ -189,14 +224,30 @@ struct CallbackQuery {
     error_description: Option<String>,
 }
 
-async fn callback(State(bridge): State<Bridge>, Query(q): Query<CallbackQuery>) -> Response {
+async fn callback(
+    State(bridge): State<Bridge>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
     // The state is checked first: a forged or replayed one stores nothing.
     let Some(p) = q.state.as_deref().and_then(|s| bridge.inner.logins.take(s)) else {
         return invalid_link();
     };
-    let Step::Authorizing(verifier) = p.step else {
+    let Step::Authorizing(verifier, browser) = p.step else {
         return invalid_link();
     };
+    // The sign-in must come back to the browser that confirmed the link.
+    let same_browser = cookie_value(&headers, OAUTH_COOKIE).is_some_and(|c| {
+        crate::matrix::appservice::constant_time_eq(c.as_bytes(), browser.as_bytes())
+    });
+    if !same_browser {
+        tracing::warn!(user = %p.user, "refused a sign-in that came back to another browser than the one that confirmed the link");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "This sign-in was not started in this browser: nothing was linked. If you want to link your account, send `login` to the bridge bot yourself and open the link it gives you.",
+        );
+    }
     if let Some(err) = q.error {
         let detail = q.error_description.unwrap_or_default();
         bridge

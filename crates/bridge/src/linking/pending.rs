@@ -11,7 +11,9 @@ pub(crate) enum Step {
     /// The bot's link, not opened yet.
     Link,
     /// Sent to the provider with this PKCE verifier.
-    Authorizing(PkceCodeVerifier),
+    /// Sent to the provider with this PKCE verifier, from the browser holding this cookie
+    /// value: the callback must come back to that browser.
+    Authorizing(PkceCodeVerifier, String),
 }
 
 #[derive(Debug)]

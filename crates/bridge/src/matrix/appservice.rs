@@ -278,7 +278,14 @@ async fn metrics(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())),
-        None => peer.ip().is_loopback(),
+        // Loopback only, and not through a proxy on this host (it would make every client
+        // look local): a forwarded request needs the token.
+        None => {
+            peer.ip().is_loopback()
+                && !["forwarded", "x-forwarded-for", "x-real-ip"]
+                    .iter()
+                    .any(|h| headers.contains_key(*h))
+        }
     };
     if !allowed {
         tracing::warn!(%peer, "refused a /metrics request");

@@ -54,8 +54,10 @@ impl Bridge {
         // received stanza lives. Its delivery ends the ghost's typing (XEP-0085 §5.3).
         let received = now_ms();
         let ts = m.delay.as_ref().map(xmpp_core::stanza::Delay::unix_millis);
+        // With the body's hash: a resend (same id, same text) is caught, while a client that
+        // reuses ids (RFC 6120 only says SHOULD be unique) loses no different message.
         let dedupe = match &m.id {
-            Some(id) => format!("{account}|{contact}|{id}"),
+            Some(id) => format!("{account}|{contact}|{id}|{}", short_hash(&body)),
             None => format!(
                 "{account}|{contact}|{}|{}",
                 short_hash(&body),
