@@ -508,13 +508,7 @@ pub(crate) async fn confirm_link(
 ) -> (String, reqwest::Response) {
     let page = http.get(link).send().await.unwrap();
     assert_eq!(page.status(), 200, "the link shows its confirm page");
-    let cookie = page.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = set_cookie(&page);
     let html = page.text().await.unwrap();
     let nonce = html
         .split("name=\"confirm\" value=\"")
@@ -532,4 +526,15 @@ pub(crate) async fn confirm_link(
         .await
         .unwrap();
     (html, answer)
+}
+
+/// The `name=value` part of a response's `Set-Cookie`, as a browser sends it back.
+pub(crate) fn set_cookie(response: &reqwest::Response) -> String {
+    response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
 }

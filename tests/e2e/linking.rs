@@ -62,7 +62,7 @@ async fn status_shows_connected(user: &MatrixUser, room: &OwnedRoomId, env: &Sta
     panic!("`status` never said \"{want}\" within 30 s");
 }
 
-fn link_in(text: &str) -> String {
+pub(crate) fn link_in(text: &str) -> String {
     text.split_whitespace()
         .find(|w| w.starts_with("http"))
         .unwrap()
@@ -271,13 +271,7 @@ async fn forged_replayed_and_foreign_sign_ins_store_nothing() {
     );
     let location = first.headers()["location"].to_str().unwrap().to_owned();
     // The browser that confirmed gets the cookie the callback checks (see security.rs).
-    let cookie1 = first.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie1 = set_cookie(&first);
     assert!(
         location.starts_with(env.get("OAUTH_AUTHORIZE_URL"))
             && location.contains("code_challenge=")

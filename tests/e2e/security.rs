@@ -5,7 +5,7 @@
 use testkit::StackEnv;
 
 use crate::harness::*;
-use crate::linking::{bot_said, dm_with_bot, walk_to_callback};
+use crate::linking::{bot_said, dm_with_bot, link_in, walk_to_callback};
 
 /// An attacker sends their own `login` link to a victim. Opening it (or a chat app's link
 /// preview fetching it) shows whose Matrix account would be linked and uses nothing up; a
@@ -21,11 +21,7 @@ async fn a_login_link_needs_the_confirmation_of_the_browser_that_shows_it() {
     let room = dm_with_bot(&env, &attacker).await;
     attacker.send_text(&room, "login").await;
     let reply = bot_said(&attacker, &room, &env, |b| b.contains("/login/")).await;
-    let link = reply
-        .split_whitespace()
-        .find(|w| w.starts_with("http"))
-        .unwrap()
-        .to_owned();
+    let link = link_in(&reply);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -115,11 +111,7 @@ async fn the_password_form_links_only_allowed_domains_and_shows_no_server_detail
             b.contains("/login/") && (last_link.is_empty() || !b.contains(&last_link))
         })
         .await;
-        last_link = reply
-            .split_whitespace()
-            .find(|w| w.starts_with("http"))
-            .unwrap()
-            .to_owned();
+        last_link = link_in(&reply);
         last_link.clone()
     };
 
@@ -246,11 +238,7 @@ async fn a_provider_sign_in_url_sent_to_someone_else_links_nothing() {
     let room = dm_with_bot(&env, &attacker).await;
     attacker.send_text(&room, "login").await;
     let reply = bot_said(&attacker, &room, &env, |b| b.contains("/login/")).await;
-    let link = reply
-        .split_whitespace()
-        .find(|w| w.starts_with("http"))
-        .unwrap()
-        .to_owned();
+    let link = link_in(&reply);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

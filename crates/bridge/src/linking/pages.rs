@@ -139,16 +139,7 @@ async fn confirmed(
     headers: HeaderMap,
     Form(form): Form<Confirmation>,
 ) -> Response {
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            kv.trim()
-                .strip_prefix(&format!("{CONFIRM_COOKIE}="))
-                .map(str::to_owned)
-        });
+    let cookie = cookie_value(&headers, CONFIRM_COOKIE);
     let genuine = cookie.is_some_and(|c| {
         !form.confirm.is_empty()
             && crate::matrix::appservice::constant_time_eq(c.as_bytes(), form.confirm.as_bytes())
