@@ -41,6 +41,9 @@ pub(crate) struct TestBridge {
     pub(crate) env: StackEnv,
     pub(crate) dir: PathBuf,
     pub(crate) config: PathBuf,
+    /// The XMPP domain users are linked on (the Messenger host unless
+    /// [`TestBridge::use_standard_host`]).
+    xmpp_domain: String,
     child: Option<Child>,
 }
 
@@ -110,8 +113,34 @@ impl TestBridge {
             env: env.clone(),
             dir,
             config,
+            xmpp_domain: env.get("XMPP_MESSENGER_DOMAIN").to_owned(),
             child: None,
         }
+    }
+
+    /// Configures the bridge for the stack's standard XMPP host (SCRAM passwords, vCards that
+    /// contacts publish themselves, roster changes) instead of the Messenger profile.
+    pub(crate) fn use_standard_host(&mut self) {
+        self.edit_config("profile: messenger", "profile: standard");
+        let standard = self.env.get("XMPP_STANDARD_DOMAIN").to_owned();
+        self.edit_config(
+            &format!("domain: {}", self.env.get("XMPP_MESSENGER_DOMAIN")),
+            &format!("domain: {standard}"),
+        );
+        self.xmpp_domain = standard;
+    }
+
+    /// Replaces (or adds) `key: value` in the `xmpp:` section of the config.
+    pub(crate) fn configure_xmpp(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("xmpp:\n", &format!("xmpp:\n  {key}: {value}\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Links `matrix_user` to `xmpp_user` on the standard host with the seeded password.
+    pub(crate) async fn link_with_password(&self, matrix_user: &UserId, xmpp_user: &str) {
+        let secret = serde_json::json!({ "password": format!("{xmpp_user}pass") }).to_string();
+        self.link_with_tokens(matrix_user, xmpp_user, &secret).await;
     }
 
     /// Adds `key: value` to the `bridge:` section of the config.
@@ -200,8 +229,8 @@ impl TestBridge {
         std::fs::write(&self.config, text + "\n").unwrap();
     }
 
-    /// Links `matrix_user` to `xmpp_user` with the given token JSON (`access_token`,
-    /// `refresh_token`, `expires_in`), as `messenger-bridge link` reads it.
+    /// Links `matrix_user` to `xmpp_user` with the given secret JSON (`access_token`,
+    /// `refresh_token`, `expires_in`, or `password`), as `messenger-bridge link` reads it.
     pub(crate) async fn link_with_tokens(
         &self,
         matrix_user: &UserId,
@@ -209,7 +238,7 @@ impl TestBridge {
         tokens: &str,
     ) {
         use tokio::io::AsyncWriteExt;
-        let jid = format!("{xmpp_user}@{}", self.env.get("XMPP_MESSENGER_DOMAIN"));
+        let jid = format!("{xmpp_user}@{}", self.xmpp_domain);
         let mut child = self
             .command()
             .args(["link", "--user", matrix_user.as_str(), "--jid", &jid])
@@ -537,4 +566,29 @@ pub(crate) fn set_cookie(response: &reqwest::Response) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// Percent-encodes a path segment (user and room ids).
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// GETs a client-server API path as `user`; the JSON answer (null when not JSON).
+pub(crate) async fn get_json(user: &MatrixUser, path: &str) -> Value {
+    let url = format!("{}{path}", user.client.homeserver());
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(user.client.access_token().unwrap())
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default()
 }

@@ -13,5 +13,6 @@ mod durability;
 mod harness;
 mod linking;
 mod messaging;
+mod profiles;
 mod resilience;
 mod security;

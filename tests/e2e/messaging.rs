@@ -253,18 +253,6 @@ async fn wait_typing(user: &MatrixUser, room: &ruma::OwnedRoomId, ghost: &UserId
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn conversation_on_sqlite() {
     conversation(Backend::Sqlite).await;
@@ -335,18 +323,6 @@ pub(crate) async fn get_presence(user: &MatrixUser, of: &UserId) -> serde_json::
         ),
     )
     .await
-}
-
-/// GET on the client-server API as the user.
-async fn get_json(user: &MatrixUser, path: &str) -> serde_json::Value {
-    let url = format!("{}{path}", user.client.homeserver());
-    let response = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(user.client.access_token().unwrap())
-        .send()
-        .await
-        .unwrap();
-    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default()
 }
 
 async fn set_presence(user: &MatrixUser, presence: &str, status: &str) {

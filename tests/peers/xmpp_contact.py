@@ -7,6 +7,10 @@ Commands, one JSON object per line on stdin:
     {"op": "send", "to": JID, "body": TEXT?, "state": "active"|"composing"|...?, "id": ID?, "type": "chat"?}
     {"op": "presence", "show": "away"?, "status": TEXT?, "type": "unavailable"?}
     {"op": "roster_set", "jid": JID, "name": TEXT}    -> {"event": "iq_result", ...}
+    {"op": "set_vcard", "fn": TEXT, "photo_base64": B64?, "photo_type": MIME?}
+                                                      -> {"event": "iq_result", "ok", "photo_hash"}
+        publishes our vcard-temp vCard (XEP-0054); later presences carry the photo's SHA-1
+        (XEP-0153 vcard-temp:x:update), as Conversations and Dino do
     {"op": "quit"}
 Events, one JSON object per line on stdout:
     {"event": "ready", "jid": FULL_JID}
@@ -21,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import sys
 
 import slixmpp
+from slixmpp.xmlstream import ET
 
 
 def emit(obj: dict) -> None:
@@ -45,7 +52,8 @@ class Contact(slixmpp.ClientXMPP):
         # The Messenger-profile host closes idle connections (STACK_XMPP_IDLE_TIMEOUT, 60 s).
         self.whitespace_keepalive_interval = 20
         self.send_presence_on_start = not args.no_presence
-        for plugin in ("xep_0030", "xep_0085", "xep_0203", "xep_0199"):
+        self.photo_hash: str | None = None
+        for plugin in ("xep_0030", "xep_0054", "xep_0085", "xep_0203", "xep_0199"):
             self.register_plugin(plugin)
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("failed_auth", lambda _: self.fail("authentication failed"))
@@ -112,9 +120,27 @@ class Contact(slixmpp.ClientXMPP):
                 msg["chat_state"] = cmd["state"]
             msg.send()
         elif op == "presence":
-            self.send_presence(
+            pres = self.make_presence(
                 pshow=cmd.get("show"), pstatus=cmd.get("status"), ptype=cmd.get("type")
             )
+            if self.photo_hash is not None and cmd.get("type") != "unavailable":
+                update = ET.Element("{vcard-temp:x:update}x")
+                ET.SubElement(update, "{vcard-temp:x:update}photo").text = self.photo_hash
+                pres.append(update)
+            pres.send()
+        elif op == "set_vcard":
+            vcard = self.plugin["xep_0054"].make_vcard()
+            vcard["FN"] = cmd["fn"]
+            photo = base64.b64decode(cmd["photo_base64"]) if cmd.get("photo_base64") else b""
+            if photo:
+                vcard["PHOTO"]["TYPE"] = cmd.get("photo_type", "image/png")
+                vcard["PHOTO"]["BINVAL"] = photo
+            try:
+                await self.plugin["xep_0054"].publish_vcard(vcard)
+                self.photo_hash = hashlib.sha1(photo).hexdigest() if photo else ""
+                emit({"event": "iq_result", "ok": True, "photo_hash": self.photo_hash})
+            except slixmpp.exceptions.IqError as e:
+                emit({"event": "iq_result", "ok": False, "condition": e.condition})
         elif op == "roster_set":
             try:
                 await self.update_roster(cmd["jid"], name=cmd.get("name"))

@@ -112,7 +112,7 @@ pub struct XmppConfig {
     /// Keepalive interval in seconds (≤ 60 for Messenger).
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
-    /// Largest stanza accepted from the server.
+    /// Largest stanza kept from the server; larger ones are skipped (see `config.example.yaml`).
     #[serde(default = "default_max_stanza")]
     pub max_stanza_bytes: usize,
     /// How many accounts may connect at once.

@@ -70,12 +70,25 @@ impl Bridge {
             match tokio::time::timeout(Duration::from_secs(5), inner.xmpp.vcard(account, contact))
                 .await
             {
-                Ok(Ok(v)) => Some(v),
+                Ok(Ok(v)) => {
+                    inner.metrics.vcard_fetch("ok");
+                    Some(v)
+                }
                 Ok(Err(e)) => {
-                    tracing::debug!(contact = %jid, error = %e, "no vCard");
+                    let result = if matches!(e, xmpp_core::session::IqError::TooLarge(_)) {
+                        // Logged by the session already; the ghost keeps its name and avatar.
+                        "too_large"
+                    } else {
+                        tracing::debug!(contact = %jid, error = %e, "no vCard");
+                        "error"
+                    };
+                    inner.metrics.vcard_fetch(result);
                     None
                 }
-                Err(_) => None,
+                Err(_) => {
+                    inner.metrics.vcard_fetch("timeout");
+                    None
+                }
             }
         } else {
             None

@@ -36,6 +36,10 @@ struct State {
     bridged: BTreeMap<&'static str, u64>,
     failures: BTreeMap<String, u64>,
     sessions: BTreeMap<String, &'static str>,
+    /// XMPP logins that reached the connected state.
+    logins: u64,
+    /// Contact vCard fetches, by outcome.
+    vcard_fetches: BTreeMap<&'static str, u64>,
     /// Per direction, one histogram per part of [`crate::latency::Breakdown`] (see `PARTS`).
     latency: BTreeMap<&'static str, [Histogram; 4]>,
 }
@@ -76,11 +80,19 @@ impl Metrics {
         self.with(|s| *s.failures.entry(reason.to_owned()).or_default() += 1);
     }
 
-    /// The connection state of a user's session.
+    /// The connection state of a user's session; `connected` also counts a login.
     pub fn session_state(&self, user: &str, state: &'static str) {
         self.with(|s| {
+            if state == "connected" {
+                s.logins += 1;
+            }
             s.sessions.insert(user.to_owned(), state);
         });
+    }
+
+    /// A contact's vCard was fetched: `ok`, `too_large`, `timeout` or `error`.
+    pub fn vcard_fetch(&self, result: &'static str) {
+        self.with(|s| *s.vcard_fetches.entry(result).or_default() += 1);
     }
 
     /// How many messages were bridged in a direction.
@@ -110,6 +122,12 @@ impl Metrics {
             }
             for (st, n) in by_state {
                 let _ = writeln!(out, "messenger_bridge_sessions{{state=\"{st}\"}} {n}");
+            }
+            out.push_str("# HELP messenger_bridge_xmpp_logins_total XMPP sessions that logged in (first logins and reconnects).\n# TYPE messenger_bridge_xmpp_logins_total counter\n");
+            let _ = writeln!(out, "messenger_bridge_xmpp_logins_total {}", s.logins);
+            out.push_str("# HELP messenger_bridge_vcard_fetches_total Contact vCards fetched for ghost profiles, by result.\n# TYPE messenger_bridge_vcard_fetches_total counter\n");
+            for r in ["ok", "too_large", "timeout", "error"] {
+                let _ = writeln!(out, "messenger_bridge_vcard_fetches_total{{result=\"{r}\"}} {}", s.vcard_fetches.get(r).copied().unwrap_or(0));
             }
             let name = "messenger_bridge_latency_seconds";
             let _ = writeln!(out, "# HELP {name} Time from the bridge receiving a message to the other side accepting it (part=total), split into waiting behind earlier messages of the portal (queue), the other side's request time (remote) and the bridge's own share (bridge).\n# TYPE {name} histogram");

@@ -140,6 +140,12 @@ impl Negotiation {
             StreamEvent::Open(_) => return Err(protocol("a second stream header")),
             StreamEvent::Close => return Err(protocol("the server closed the stream")),
             StreamEvent::Stanza(el) => el,
+            StreamEvent::Skipped(s) => {
+                return Err(protocol(&format!(
+                    "an oversized <{}/> ({} bytes) before the session started",
+                    s.name, s.bytes
+                )));
+            }
         };
         if let Some(err) = StreamError::from_element(&el) {
             return Err(NegotiationError::Stream(err));

@@ -22,7 +22,7 @@ use crate::ns;
 use crate::stanza::{
     Iq, IqType, Message, Presence, PresenceType, RosterItem, StanzaError, StreamError, roster,
 };
-use crate::xml::{self, Element, StreamEvent, StreamParser, XmlError};
+use crate::xml::{self, Element, SkippedStanza, StreamEvent, StreamParser, XmlError};
 
 type Tls = TlsStream<TcpStream>;
 
@@ -63,6 +63,18 @@ pub enum SessionEvent {
         /// What was wrong.
         reason: String,
     },
+    /// A message or presence over the stanza size limit was read past and dropped; the
+    /// session goes on. (An oversized IQ answer fails its request with [`IqError::TooLarge`].)
+    TooLarge {
+        /// `message` or `presence`.
+        stanza: String,
+        /// Who sent it, when its `from` was readable.
+        from: Option<Jid>,
+        /// Its `type` attribute.
+        kind: Option<String>,
+        /// Its size in bytes.
+        bytes: usize,
+    },
 }
 
 /// Why a session ended.
@@ -100,6 +112,9 @@ pub enum IqError {
     /// The session ended first.
     #[error("the XMPP session is not connected")]
     NotConnected,
+    /// The answer was over the stanza size limit and was dropped unread.
+    #[error("the answer was {0} bytes, over the stanza size limit")]
+    TooLarge(usize),
 }
 
 pub(crate) enum Command {
@@ -305,6 +320,7 @@ impl Driver {
                 msg = incoming.recv() => {
                     let result = match msg.map(|b| *b) {
                         Some(Incoming::Event(StreamEvent::Stanza(el))) => self.on_stanza(el).await,
+                        Some(Incoming::Event(StreamEvent::Skipped(s))) => self.on_skipped(s).await,
                         Some(Incoming::Event(StreamEvent::Close)) => Err(SessionEnd::ServerClosed),
                         Some(Incoming::Event(StreamEvent::Open(_))) => {
                             Err(SessionEnd::BadXml(XmlError::Malformed("a second stream header".into())))
@@ -470,6 +486,60 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// A stanza too large to keep: its IQ request fails, an IQ request to us is refused, a
+    /// message or presence is reported so that nobody's message disappears without a word.
+    async fn on_skipped(&mut self, s: SkippedStanza) -> Result<(), SessionEnd> {
+        let from = s.from.as_deref().and_then(|f| Jid::parse(f).ok());
+        tracing::warn!(
+            account = %self.account,
+            stanza = %s.name,
+            from = s.from.as_deref().unwrap_or("the server"),
+            bytes = s.bytes,
+            "skipped a stanza over the size limit"
+        );
+        match s.name.as_str() {
+            "iq" => match s.kind.as_deref() {
+                Some("result" | "error") => {
+                    let Some(id) = s.id else { return Ok(()) };
+                    let ours = self
+                        .pending
+                        .get(&id)
+                        .is_some_and(|p| self.reply_from_ok(p.to.as_ref(), from.as_ref()));
+                    if !ours {
+                        return Ok(());
+                    }
+                    if self.ping_outstanding.as_deref() == Some(id.as_str()) {
+                        self.ping_outstanding = None;
+                    }
+                    if let Some(reply) = self.pending.remove(&id).and_then(|p| p.reply) {
+                        let _ = reply.send(Err(IqError::TooLarge(s.bytes)));
+                    }
+                    Ok(())
+                }
+                _ => {
+                    let Some(id) = s.id else { return Ok(()) };
+                    let reply = Element::new("iq", ns::CLIENT)
+                        .with_attr("type", "error")
+                        .with_attr("id", id)
+                        .with_opt_attr("to", s.from.as_deref())
+                        .with_child(StanzaError::new("modify", "policy-violation").to_element());
+                    self.write_raw(&reply.to_xml()).await
+                }
+            },
+            "message" | "presence" => {
+                self.emit(SessionEvent::TooLarge {
+                    stanza: s.name,
+                    from,
+                    kind: s.kind,
+                    bytes: s.bytes,
+                })
+                .await;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn invalid(&mut self, reason: String) {

@@ -4,7 +4,7 @@ pub mod element;
 pub mod stream;
 
 pub use element::{Element, Node};
-pub use stream::{StreamEvent, StreamHeader, StreamLimits, StreamParser, XmlError};
+pub use stream::{SkippedStanza, StreamEvent, StreamHeader, StreamLimits, StreamParser, XmlError};
 
 /// The opening of a client stream to `domain` (RFC 6120 §4.7). `from` is omitted: the Messenger
 /// service assigns our identity from the token, and before TLS it must not be disclosed.

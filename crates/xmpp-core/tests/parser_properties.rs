@@ -7,7 +7,8 @@
 //! - mutated, truncated and random bytes never panic or spin; the parser returns events or an
 //!   `XmlError`, the outcome does not depend on how the bytes were split, and an error sticks;
 //! - an endless unclosed stanza is refused with `StanzaTooLarge` before more than
-//!   `max_stanza_bytes` plus one read chunk has been buffered.
+//!   `max_stanza_bytes` plus one read chunk has been buffered, and so is one that is being
+//!   skipped (`max_skip_bytes`), which is refused when it outgrows that limit.
 //!
 //! The default case counts keep this under a few seconds in a debug build. To search longer,
 //! multiply them: `PARSER_FUZZ_ITERATIONS=50 cargo test -p xmpp-core --test parser_properties`.
@@ -610,6 +611,7 @@ fn limits(max_depth: usize) -> StreamLimits {
     StreamLimits {
         max_stanza_bytes: 256 * 1024,
         max_depth,
+        max_skip_bytes: 0,
     }
 }
 
@@ -776,6 +778,17 @@ fn mutation_case(seed: u64) {
             256 * 1024
         },
         max_depth,
+        max_skip_bytes: 0,
+    };
+    // Half the cases skip oversized stanzas instead of failing: the outcome must still not
+    // depend on where the reads end.
+    let limits = StreamLimits {
+        max_skip_bytes: if rng.chance(50) {
+            limits.max_stanza_bytes + rng.below(4 * limits.max_stanza_bytes)
+        } else {
+            0
+        },
+        ..limits
     };
     same_outcome_however_split(&mut rng, limits, &bytes);
 }
@@ -910,6 +923,7 @@ fn differential_case(seed: u64) {
             256 * 1024
         },
         max_depth,
+        max_skip_bytes: 0,
     };
     let bytes = match rng.below(3) {
         0 => well_formed_stream(&mut rng, max_depth).0,
@@ -951,6 +965,7 @@ fn bytes_until_refused(max_stanza_bytes: usize, opening: &[u8], filler: &[u8]) -
     let mut parser = StreamParser::new(StreamLimits {
         max_stanza_bytes,
         max_depth: 1 << 20,
+        max_skip_bytes: 0,
     });
     parser.push(
         format!("<stream:stream xmlns='jabber:client' xmlns:stream='{STREAM_NS}'>").as_bytes(),
@@ -1024,6 +1039,7 @@ fn endless_stream_header_is_refused_within_the_limit_plus_one_read() {
         let mut parser = StreamParser::new(StreamLimits {
             max_stanza_bytes: 10_000,
             max_depth: 8,
+            max_skip_bytes: 0,
         });
         parser.push(opening);
         let chunk = filler.repeat(CHUNK / filler.len());
@@ -1048,6 +1064,7 @@ fn endless_keepalives_and_small_stanzas_are_not_refused() {
     let mut parser = StreamParser::new(StreamLimits {
         max_stanza_bytes: 1_000,
         max_depth: 8,
+        max_skip_bytes: 0,
     });
     parser.push(
         format!("<stream:stream xmlns='jabber:client' xmlns:stream='{STREAM_NS}'>").as_bytes(),
@@ -1111,6 +1128,7 @@ fn oversized_stanza_is_refused_even_when_it_arrives_in_one_read() {
     let limits = StreamLimits {
         max_stanza_bytes: 100,
         max_depth: 8,
+        max_skip_bytes: 0,
     };
     let empty_tag = format!("{OPEN}<presence id='{}'/>", "x".repeat(500));
     let padded_end = format!("{OPEN}<message></message{}>", " ".repeat(200));
@@ -1128,6 +1146,7 @@ fn oversized_stream_header_is_refused_even_when_it_arrives_in_one_read() {
     let limits = StreamLimits {
         max_stanza_bytes: 100,
         max_depth: 8,
+        max_skip_bytes: 0,
     };
     let header = format!(
         "<stream:stream xmlns='jabber:client' a='{}' xmlns:stream='{STREAM_NS}'>",
@@ -1694,4 +1713,142 @@ mod reference {
         }
         Ok(el)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skipping oversized stanzas: the session goes on, memory stays bounded
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn endless_stanzas_being_skipped_are_refused_without_buffering_them() {
+    // Text and many small tags are read past with at most one stanza limit buffered; a single
+    // construct over the limit (an endless attribute, name or CDATA) is refused at that limit.
+    let cases: &[(&str, &[u8], &[u8], bool)] = &[
+        ("text", b"<message><body>", b"a", true),
+        ("escaped text", b"<message><body>", b"&amp;&#x263A;", true),
+        ("many children", b"<message>", b"<x a='1'/>", true),
+        ("children never closed", b"<iq>", b"<q>t</q><r>", false),
+        ("unclosed attribute", b"<message id='", b"x", false),
+        ("unclosed CDATA", b"<message><body><![CDATA[", b"]]", false),
+    ];
+    let max = 10_000;
+    let max_skip = 200_000;
+    for (what, opening, filler, reaches_skip_limit) in cases {
+        let mut parser = StreamParser::new(StreamLimits {
+            max_stanza_bytes: max,
+            max_depth: 1 << 20,
+            max_skip_bytes: max_skip,
+        });
+        parser.push(OPEN.as_bytes());
+        assert!(matches!(
+            parser.next_event(),
+            Ok(Some(StreamEvent::Open(_)))
+        ));
+        let chunk = filler.repeat(CHUNK / filler.len());
+        parser.push(opening);
+        let mut pushed = opening.len();
+        let err = loop {
+            match parser.next_event() {
+                Ok(None) => {}
+                Ok(Some(e)) => panic!("{what}: unexpected event {e:?}"),
+                Err(e) => break e,
+            }
+            assert!(pushed <= max_skip + CHUNK, "{what}: never refused");
+            parser.push(&chunk);
+            pushed += chunk.len();
+        };
+        if *reaches_skip_limit {
+            assert_eq!(err, XmlError::StanzaTooLarge { limit: max_skip }, "{what}");
+            assert!(
+                pushed > max_skip,
+                "{what}: refused after only {pushed} bytes"
+            );
+        } else {
+            assert!(
+                matches!(
+                    err,
+                    XmlError::StanzaTooLarge { .. } | XmlError::TooDeep { .. }
+                ),
+                "{what}: {err:?}"
+            );
+        }
+        assert_error_sticks(&mut parser, &err);
+    }
+}
+
+#[test]
+fn a_skipped_stanza_is_reported_and_the_next_one_parses_however_split() {
+    let limits = StreamLimits {
+        max_stanza_bytes: 200,
+        max_depth: 8,
+        max_skip_bytes: 5_000,
+    };
+    let photo = "QUJD".repeat(300);
+    let input = format!(
+        "{OPEN}<iq type='result' id='v1' from='bob@example.net'><vCard xmlns='vcard-temp'>\
+         <PHOTO><TYPE>image/png</TYPE><BINVAL>{photo}</BINVAL></PHOTO><![CDATA[x]]></vCard></iq>\
+         <message from='bob@example.net/a' id='m2'><body>after</body></message>"
+    );
+    let size = input.find("<message").unwrap() - OPEN.len();
+    let mut rng = Rng::new(7);
+    for round in 0..200 {
+        let cuts = if round == 0 {
+            Vec::new()
+        } else {
+            split_points(&mut rng, input.len())
+        };
+        let out = feed(limits, input.as_bytes(), &cuts);
+        assert_eq!(out.error, None, "cuts {cuts:?}");
+        assert_eq!(out.events.len(), 3, "cuts {cuts:?}: {:?}", out.events);
+        let StreamEvent::Skipped(skipped) = &out.events[1] else {
+            panic!("cuts {cuts:?}: {:?}", out.events[1]);
+        };
+        assert_eq!(skipped.name, "iq");
+        assert_eq!(skipped.id.as_deref(), Some("v1"));
+        assert_eq!(skipped.kind.as_deref(), Some("result"));
+        assert_eq!(skipped.from.as_deref(), Some("bob@example.net"));
+        assert_eq!(skipped.bytes, size, "cuts {cuts:?}");
+        let StreamEvent::Stanza(next) = &out.events[2] else {
+            panic!("cuts {cuts:?}: {:?}", out.events[2]);
+        };
+        assert_eq!(next.attr("id"), Some("m2"));
+    }
+}
+
+#[test]
+fn a_stanza_over_the_skip_limit_or_broken_while_skipped_still_fails() {
+    let limits = StreamLimits {
+        max_stanza_bytes: 100,
+        max_depth: 4,
+        max_skip_bytes: 1_000,
+    };
+    let body = "a".repeat(2_000);
+    let too_big = format!("{OPEN}<message><body>{body}</body></message>");
+    let mismatched = format!("{OPEN}<message><body>{}</bodx></message>", "a".repeat(300));
+    let comment = format!(
+        "{OPEN}<message><body>{}<!-- x --></body></message>",
+        "a".repeat(300)
+    );
+    let deep = format!("{OPEN}<message>{}<a><b><c><d>", "a".repeat(300));
+    for (input, expected) in [
+        (too_big, XmlError::StanzaTooLarge { limit: 1_000 }),
+        (comment, XmlError::Restricted("a comment")),
+        (deep, XmlError::TooDeep { limit: 4 }),
+    ] {
+        for cuts in [
+            vec![],
+            vec![OPEN.len() + 150],
+            vec![OPEN.len() + 20, OPEN.len() + 320],
+        ] {
+            assert_eq!(
+                feed(limits, input.as_bytes(), &cuts).error,
+                Some(expected.clone()),
+                "{input} cut at {cuts:?}"
+            );
+        }
+    }
+    assert!(matches!(
+        feed(limits, mismatched.as_bytes(), &[]).error,
+        Some(XmlError::Malformed(_))
+    ));
 }

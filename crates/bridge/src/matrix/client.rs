@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::client::{
-    account, appservice, discovery, media, membership, message, presence, profile, room, typing,
+    account, appservice, discovery, media, membership, message, presence, profile, room, state,
+    typing,
 };
 use ruma::api::path_builder::{PathBuilder, SinglePath, VersionHistory};
 use ruma::api::{
@@ -279,6 +280,26 @@ impl MatrixClient {
         let mut request = media::create_content::v3::Request::new(data);
         request.content_type = Some(mime.to_owned());
         Ok(self.send(request, Some(user)).await?.content_uri)
+    }
+
+    /// Names a room, as `sender` (who must have the power to).
+    pub async fn set_room_name(
+        &self,
+        sender: &UserId,
+        room: &RoomId,
+        name: &str,
+    ) -> Result<(), MatrixError> {
+        let content = ruma::events::room::name::RoomNameEventContent::new(name.to_owned());
+        let request = state::send_state_event::v3::Request::new(
+            room.to_owned(),
+            &ruma::events::EmptyStateKey,
+            &content,
+        )
+        .map_err(|e| MatrixError::Invalid {
+            what: "a room name",
+            reason: e.to_string(),
+        })?;
+        self.send(request, Some(sender)).await.map(|_| ())
     }
 
     /// Creates a room as `creator`.

@@ -60,7 +60,9 @@ impl Bridge {
             }
             ManagerEvent::Session(SessionEvent::RosterPush(items)) => {
                 for item in items {
-                    self.remember_roster_name(account, &item);
+                    if self.remember_roster_name(account, &item) {
+                        self.rename_portal(account, &item).await;
+                    }
                 }
             }
             ManagerEvent::Session(SessionEvent::Message(m)) => {
@@ -72,17 +74,59 @@ impl Bridge {
             ManagerEvent::Session(SessionEvent::Invalid { reason }) => {
                 tracing::warn!(user = %account, %reason, "ignored a stanza the bridge cannot understand");
             }
+            ManagerEvent::Session(SessionEvent::TooLarge {
+                stanza,
+                from,
+                kind,
+                bytes,
+            }) => {
+                // A contact's message that cannot be bridged is reported, never dropped
+                // silently; oversized presences and errors are only logged (by the session).
+                let chat = stanza == "message" && !matches!(kind.as_deref(), Some("error"));
+                if let (true, Some(from)) = (chat, from) {
+                    self.notify_user(
+                        account,
+                        &format!(
+                            "⚠ {} sent a message of {} KiB, more than the bridge accepts from                              the XMPP server; it was not delivered here. Read it in another                              client.",
+                            from.to_bare(),
+                            bytes.div_ceil(1024)
+                        ),
+                    )
+                    .await;
+                }
+            }
         }
     }
 
-    pub(crate) fn remember_roster_name(&self, account: &str, item: &xmpp_core::stanza::RosterItem) {
-        if let Some(name) = &item.name {
-            let mut names = self
-                .inner
-                .roster_names
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            names.insert((account.to_owned(), item.jid.to_string()), name.clone());
+    /// Remembers the user's own name for a contact; returns whether it changed.
+    pub(crate) fn remember_roster_name(
+        &self,
+        account: &str,
+        item: &xmpp_core::stanza::RosterItem,
+    ) -> bool {
+        let Some(name) = &item.name else {
+            return false;
+        };
+        let mut names = self
+            .inner
+            .roster_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        names.insert((account.to_owned(), item.jid.to_string()), name.clone()) != Some(name.clone())
+    }
+
+    /// A roster push renamed a contact: the user's portal with them takes the new name (the
+    /// ghost's global profile keeps the contact's own).
+    async fn rename_portal(&self, account: &str, item: &xmpp_core::stanza::RosterItem) {
+        let (Some(name), Some(room)) = (
+            &item.name,
+            self.portals().room(account, &item.jid.to_string()),
+        ) else {
+            return;
+        };
+        let ghost = self.inner.ghosts.user_id(&item.jid);
+        if let Err(e) = self.inner.matrix.set_room_name(&ghost, &room, name).await {
+            tracing::warn!(user = %account, contact = %item.jid, error = %e, "could not rename a portal");
         }
     }
 

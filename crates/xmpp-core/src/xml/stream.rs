@@ -33,6 +33,11 @@ pub struct StreamLimits {
     pub max_stanza_bytes: usize,
     /// Maximum element nesting inside one stanza (the stanza itself is depth 1).
     pub max_depth: usize,
+    /// A stanza over `max_stanza_bytes` is read to its end without being kept and reported as
+    /// [`StreamEvent::Skipped`], so that one oversized stanza (a contact's vCard with a huge
+    /// photo) does not end the session; only one larger than this fails the stream. At most
+    /// `max_stanza_bytes` is buffered meanwhile. `0` makes every oversized stanza fatal.
+    pub max_skip_bytes: usize,
 }
 
 impl Default for StreamLimits {
@@ -40,6 +45,7 @@ impl Default for StreamLimits {
         Self {
             max_stanza_bytes: 256 * 1024,
             max_depth: 32,
+            max_skip_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -70,6 +76,32 @@ pub enum StreamEvent {
     Stanza(Element),
     /// The peer closed the stream (`</stream:stream>`).
     Close,
+    /// A stanza over [`StreamLimits::max_stanza_bytes`] was read to its end and dropped.
+    Skipped(SkippedStanza),
+}
+
+/// What is known of a stanza that was too large to keep: its start tag's name and addressing
+/// attributes, so that the session can answer or report it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkippedStanza {
+    /// The element name (`message`, `iq`, `presence`, ...), without prefix.
+    pub name: String,
+    /// `id`.
+    pub id: Option<String>,
+    /// `type`.
+    pub kind: Option<String>,
+    /// `from`.
+    pub from: Option<String>,
+    /// The stanza's size in bytes.
+    pub bytes: usize,
+}
+
+/// Where the parser is while it reads past an oversized stanza.
+#[derive(Debug)]
+struct Skipping {
+    stanza: SkippedStanza,
+    /// The names of the elements still open, outermost first, to match their end tags.
+    open: Vec<Box<[u8]>>,
 }
 
 /// Why the stream is unacceptable. Each maps to an RFC 6120 §4.9.3 stream error condition.
@@ -139,6 +171,8 @@ pub struct StreamParser {
     header: Option<StreamHeader>,
     closed: bool,
     failed: Option<XmlError>,
+    /// Set while an oversized stanza is being read past.
+    skipping: Option<Skipping>,
 }
 
 impl StreamParser {
@@ -157,6 +191,7 @@ impl StreamParser {
             header: None,
             closed: false,
             failed: None,
+            skipping: None,
         }
     }
 
@@ -174,6 +209,7 @@ impl StreamParser {
         self.tree.clear();
         self.header = None;
         self.closed = false;
+        self.skipping = None;
     }
 
     /// Bytes received but not yet parsed. Must be empty when TLS starts (RFC 6120 §5.4.3.3:
@@ -224,6 +260,9 @@ impl StreamParser {
 
     fn scan(&mut self) -> Result<Option<StreamEvent>, XmlError> {
         loop {
+            if self.skipping.is_some() {
+                return self.skip();
+            }
             if self.closed {
                 return Ok(None);
             }
@@ -241,7 +280,9 @@ impl StreamParser {
                     self.check_text(self.buf.len())?;
                 }
                 self.pos = self.buf.len();
-                self.check_size(self.buf.len())?;
+                if self.oversized(self.buf.len())? {
+                    continue;
+                }
                 return Ok(None);
             };
             let lt = self.pos + rel;
@@ -285,6 +326,7 @@ impl StreamParser {
                     let Some(end) = memchr::memmem::find(&self.buf[body..], b"]]>") else {
                         return self.need_more(lt);
                     };
+                    self.construct_fits(lt, body + end + 3)?;
                     self.pos = body + end + 3;
                     self.token(Token::CData, body, body + end);
                 }
@@ -311,6 +353,7 @@ impl StreamParser {
                     let Some((gt, _)) = find_tag_end(&self.buf, lt + 2) else {
                         return self.need_more(lt);
                     };
+                    self.construct_fits(lt, gt + 1)?;
                     self.pos = gt + 1;
                     match self.depth {
                         0 => return Err(XmlError::Malformed("end tag before the stream".into())),
@@ -344,6 +387,7 @@ impl StreamParser {
                     let Some((gt, quoted)) = find_tag_end(&self.buf, lt + 1) else {
                         return self.need_more(lt);
                     };
+                    self.construct_fits(lt, gt + 1)?;
                     let empty = self.buf[gt - 1] == b'/';
                     self.pos = gt + 1;
                     if self.depth == 0 {
@@ -391,30 +435,203 @@ impl StreamParser {
                     }
                 }
             }
-            self.check_size(self.pos)?;
+            self.oversized(self.pos)?;
         }
     }
 
-    /// Waits for more bytes for a construct starting at `from`, within the size limit.
-    fn need_more(&self, from: usize) -> Result<Option<StreamEvent>, XmlError> {
+    /// Waits for more bytes for a construct (a tag, a CDATA section) starting at `from`. The
+    /// construct alone must fit the stanza limit; a stanza that outgrows it is skipped.
+    fn need_more(&mut self, from: usize) -> Result<Option<StreamEvent>, XmlError> {
+        self.construct_fits(from, self.buf.len())?;
         let start = self.stanza_start.unwrap_or(from);
         if self.buf.len() - start > self.limits.max_stanza_bytes {
-            return Err(XmlError::StanzaTooLarge {
-                limit: self.limits.max_stanza_bytes,
-            });
+            self.start_skipping(from)?;
+            return self.skip();
         }
         Ok(None)
     }
 
-    fn check_size(&self, upto: usize) -> Result<(), XmlError> {
-        if let Some(start) = self.stanza_start
-            && upto - start > self.limits.max_stanza_bytes
-        {
+    /// One tag or CDATA section (`from..to`) larger than the stanza limit is never skipped:
+    /// the parser would have to buffer it whole.
+    fn construct_fits(&self, from: usize, to: usize) -> Result<(), XmlError> {
+        if to - from > self.limits.max_stanza_bytes {
             return Err(XmlError::StanzaTooLarge {
                 limit: self.limits.max_stanza_bytes,
             });
         }
         Ok(())
+    }
+
+    /// The error for a stanza too large even to skip.
+    fn too_large_to_skip(&self) -> XmlError {
+        XmlError::StanzaTooLarge {
+            limit: self.limits.max_skip_bytes.max(self.limits.max_stanza_bytes),
+        }
+    }
+
+    /// Whether the current stanza, scanned up to `upto`, went over the size limit; if so the
+    /// parser now skips it (or fails, when it cannot).
+    fn oversized(&mut self, upto: usize) -> Result<bool, XmlError> {
+        match self.stanza_start {
+            Some(start) if upto - start > self.limits.max_stanza_bytes => {
+                self.start_skipping(upto.min(self.pos))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The stanza being framed is over the limit: keeps only what [`Self::skip`] needs (the
+    /// names of the open elements and the start tag's attributes) and drops its bytes before
+    /// `from`. Fails when skipping is off or the stanza's own start tag is incomplete.
+    fn start_skipping(&mut self, from: usize) -> Result<(), XmlError> {
+        let too_large = XmlError::StanzaTooLarge {
+            limit: self.limits.max_stanza_bytes,
+        };
+        let Some(start) = self.stanza_start else {
+            return Err(too_large);
+        };
+        let Some(&Token::Start {
+            from: tag_from,
+            to: tag_to,
+            ..
+        }) = self.tokens.first()
+        else {
+            return Err(too_large);
+        };
+        if self.limits.max_skip_bytes <= self.limits.max_stanza_bytes {
+            return Err(too_large);
+        }
+        if from - start > self.limits.max_skip_bytes {
+            return Err(self.too_large_to_skip());
+        }
+        let mut stanza = skipped_stanza(&self.buf[start + tag_from..start + tag_to]);
+        stanza.bytes = from - start;
+        let open = self
+            .open
+            .iter()
+            .map(|&(at, len, _)| Box::from(&self.buf[at..at + len]))
+            .collect();
+        self.skipping = Some(Skipping { stanza, open });
+        self.pos = from;
+        self.stanza_start = None;
+        self.open.clear();
+        self.text_start = None;
+        self.tokens.clear();
+        Ok(())
+    }
+
+    /// Reads past the rest of an oversized stanza: tags are matched and counted, nothing is
+    /// kept. Restricted XML is still refused, so the stream stays in step.
+    fn skip(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+        loop {
+            if self.skipping.is_none() {
+                return Ok(None);
+            }
+            let rest = &self.buf[self.pos..];
+            let Some(rel) = memchr::memchr(b'<', rest) else {
+                let n = rest.len();
+                return self.skipped(n).map(|()| None);
+            };
+            self.skipped(rel)?;
+            let lt = self.pos;
+            let rest = &self.buf[lt + 1..];
+            let Some(&first) = rest.first() else {
+                return self.skip_need_more(lt);
+            };
+            let end = match first {
+                b'!' => {
+                    const CDATA: &[u8] = b"[CDATA[";
+                    let after = &rest[1..];
+                    let n = after.len().min(CDATA.len());
+                    if after[..n] != CDATA[..n] {
+                        return Err(XmlError::Restricted(if after.starts_with(b"-") {
+                            "a comment"
+                        } else {
+                            "a DTD"
+                        }));
+                    }
+                    let body = lt + 2 + CDATA.len();
+                    match (n == CDATA.len())
+                        .then(|| memchr::memmem::find(&self.buf[body..], b"]]>"))
+                        .flatten()
+                    {
+                        Some(end) => body + end + 3,
+                        None => return self.skip_need_more(lt),
+                    }
+                }
+                b'?' => return Err(XmlError::Restricted("a processing instruction")),
+                b'/' => {
+                    let Some((gt, _)) = find_tag_end(&self.buf, lt + 2) else {
+                        return self.skip_need_more(lt);
+                    };
+                    self.construct_fits(lt, gt + 1)?;
+                    let Some(skipping) = self.skipping.as_mut() else {
+                        return Ok(None);
+                    };
+                    let name = trim_xml_space_end(&self.buf[lt + 2..gt]);
+                    let open = skipping.open.pop().unwrap_or_default();
+                    if !same_bytes(name, &open) {
+                        return Err(XmlError::Malformed(format!(
+                            "end tag </{}> does not match <{}>",
+                            String::from_utf8_lossy(name),
+                            String::from_utf8_lossy(&open)
+                        )));
+                    }
+                    if skipping.open.is_empty() {
+                        self.skipped(gt + 1 - lt)?;
+                        let done = self.skipping.take().map(|s| s.stanza).unwrap_or_default();
+                        self.depth = 1;
+                        return Ok(Some(StreamEvent::Skipped(done)));
+                    }
+                    gt + 1
+                }
+                _ => {
+                    let Some((gt, _)) = find_tag_end(&self.buf, lt + 1) else {
+                        return self.skip_need_more(lt);
+                    };
+                    self.construct_fits(lt, gt + 1)?;
+                    if self.buf[gt - 1] != b'/' {
+                        let Some(skipping) = self.skipping.as_mut() else {
+                            return Ok(None);
+                        };
+                        if skipping.open.len() >= self.limits.max_depth {
+                            return Err(XmlError::TooDeep {
+                                limit: self.limits.max_depth,
+                            });
+                        }
+                        let len = name_len(&self.buf[lt + 1..gt])?;
+                        skipping
+                            .open
+                            .push(Box::from(&self.buf[lt + 1..lt + 1 + len]));
+                    } else {
+                        name_len(&self.buf[lt + 1..gt - 1])?;
+                    }
+                    gt + 1
+                }
+            };
+            self.construct_fits(lt, end)?;
+            self.skipped(end - lt)?;
+        }
+    }
+
+    /// Counts `n` more bytes of the stanza being skipped, within [`StreamLimits::max_skip_bytes`].
+    fn skipped(&mut self, n: usize) -> Result<(), XmlError> {
+        self.pos += n;
+        let Some(skipping) = &mut self.skipping else {
+            return Ok(());
+        };
+        skipping.stanza.bytes += n;
+        if skipping.stanza.bytes > self.limits.max_skip_bytes {
+            return Err(self.too_large_to_skip());
+        }
+        Ok(())
+    }
+
+    /// While skipping, one construct (a tag, a CDATA section) must still fit the stanza limit.
+    fn skip_need_more(&self, from: usize) -> Result<Option<StreamEvent>, XmlError> {
+        self.construct_fits(from, self.buf.len())?;
+        Ok(None)
     }
 
     /// Between stanzas only whitespace (keepalives) may appear.
@@ -438,9 +655,22 @@ impl StreamParser {
         };
         // A stanza that arrived whole in one read was never checked while it grew.
         if end - start > self.limits.max_stanza_bytes {
-            return Err(XmlError::StanzaTooLarge {
+            let too_large = XmlError::StanzaTooLarge {
                 limit: self.limits.max_stanza_bytes,
-            });
+            };
+            let Some(&Token::Start { from, to, .. }) = self.tokens.first() else {
+                return Err(too_large);
+            };
+            if self.limits.max_skip_bytes <= self.limits.max_stanza_bytes {
+                return Err(too_large);
+            }
+            if end - start > self.limits.max_skip_bytes {
+                return Err(self.too_large_to_skip());
+            }
+            let mut stanza = skipped_stanza(&self.buf[start + from..start + to]);
+            stanza.bytes = end - start;
+            self.tokens.clear();
+            return Ok(StreamEvent::Skipped(stanza));
         }
         let text = utf8(&self.buf[start..end])?;
         let element = self.tree.build(text, &self.tokens)?;
@@ -543,6 +773,32 @@ fn find_tag_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
             }
         }
     }
+}
+
+/// The name and addressing attributes of a start tag (the bytes between `<` and `>`);
+/// what cannot be read is left out: the stanza is dropped anyway.
+fn skipped_stanza(tag: &[u8]) -> SkippedStanza {
+    let text = String::from_utf8_lossy(tag);
+    let text = text.strip_suffix('/').unwrap_or(&text);
+    let element = format!("<{text}/>");
+    let mut reader = Reader::from_str(&element);
+    let mut stanza = SkippedStanza::default();
+    if let Ok(Event::Empty(tag)) = reader.read_event() {
+        stanza.name = split_qname(tag.name().0).1.to_owned();
+        for attr in tag.attributes().flatten() {
+            let Ok(value) = attr.normalized_value(XmlVersion::Implicit1_0) else {
+                continue;
+            };
+            let slot = match attr.key.0 {
+                "id" => &mut stanza.id,
+                "type" => &mut stanza.kind,
+                "from" => &mut stanza.from,
+                _ => continue,
+            };
+            *slot = Some(value.into_owned());
+        }
+    }
+    stanza
 }
 
 /// Trailing XML white space (XML 1.0 §2.3 `S`: space, tab, CR, LF) removed.
@@ -1026,6 +1282,7 @@ pub fn parse_element(text: &str, default_ns: &str) -> Result<Element, XmlError> 
     let mut parser = StreamParser::new(StreamLimits {
         max_stanza_bytes: usize::MAX,
         max_depth: usize::MAX,
+        max_skip_bytes: 0,
     });
     parser.depth = 1;
     parser.tree.default_ns = intern(default_ns);
@@ -1198,6 +1455,7 @@ mod tests {
         let mut p = StreamParser::new(StreamLimits {
             max_stanza_bytes: 1000,
             max_depth: 32,
+            max_skip_bytes: 0,
         });
         p.push(HEADER.as_bytes());
         assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Open(_)))));
@@ -1218,6 +1476,7 @@ mod tests {
         let mut p = StreamParser::new(StreamLimits {
             max_stanza_bytes: 1000,
             max_depth: 32,
+            max_skip_bytes: 0,
         });
         p.push(HEADER.as_bytes());
         p.push(b"<message id='");
@@ -1233,6 +1492,7 @@ mod tests {
         let limits = StreamLimits {
             max_stanza_bytes: 1 << 20,
             max_depth: 4,
+            max_skip_bytes: 0,
         };
         let mut ok = StreamParser::new(limits);
         ok.push(format!("{HEADER}<a><b><c><d/></c></b></a>").as_bytes());
