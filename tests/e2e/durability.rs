@@ -189,3 +189,55 @@ async fn synapse_restarted_mid_burst_loses_and_duplicates_nothing() {
 async fn synapse_restarted_mid_burst_loses_and_duplicates_nothing_on_postgres() {
     burst_survives("restart-synapse", 100, Backend::Postgres).await;
 }
+
+/// SIGTERM while a contact's unpaced burst is being read (each stanza with `<active/>`, as real
+/// clients send): the bridge records every stanza it has read, closes its stream, and the rest
+/// reaches it from the server's offline storage at the next start. Nothing lost, nothing twice,
+/// in order.
+#[tokio::test]
+async fn bridge_stopped_mid_burst_records_what_it_read() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let user = MatrixUser::new(&env, "alice").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
+    let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
+    let alice_jid = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
+    let ghost = format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"));
+    let tag = unique("t");
+    let n = 450;
+    for i in 0..n {
+        bob.send_chat(&alice_jid, Some(&format!("{tag} {i:04}")), Some("active"))
+            .await;
+    }
+    // The contact's process sends as fast as it reads its commands: stop the bridge while the
+    // stanzas are arriving.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    bridge.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bridge.start().await;
+
+    let want: Vec<String> = (0..n).map(|i| format!("{tag} {i:04}")).collect();
+    user.wait_messages(&room, Duration::from_secs(120), "the whole burst", |m| {
+        bodies_from(m, &ghost)
+            .iter()
+            .filter(|b| b.starts_with(&tag))
+            .count()
+            >= n
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = user.messages(&room).await;
+    let got: Vec<&str> = bodies_from(&msgs, &ghost)
+        .into_iter()
+        .filter(|b| b.starts_with(&tag))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "every message once, in order\nbridge log:\n{}",
+        bridge.log_tail()
+    );
+    bob.quit().await;
+    bridge.stop().await;
+}

@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) registered: Mutex<HashSet<String>>,
     /// Roster names per (user, contact).
     pub(crate) roster_names: Mutex<HashMap<(String, String), String>>,
+    /// The task handling XMPP events; it ends after the session manager's shutdown.
+    pub(crate) xmpp_events: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Per-key async locks (ghost set-up, portal creation).
     pub(crate) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Portal rooms where the linked user is typing (for chat states).
@@ -133,6 +135,7 @@ impl Bridge {
                 presence_sent: Mutex::default(),
                 registered: Mutex::default(),
                 roster_names: Mutex::default(),
+                xmpp_events: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),

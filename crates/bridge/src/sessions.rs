@@ -32,7 +32,12 @@ impl Bridge {
                 "redelivering messages the previous run had in flight"
             );
         }
-        tokio::spawn(self.clone().xmpp_event_loop(events));
+        let handling = tokio::spawn(self.clone().xmpp_event_loop(events));
+        *self
+            .inner
+            .xmpp_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handling);
         tokio::spawn(self.clone().deliver_forever(Direction::ToMatrix));
         tokio::spawn(self.clone().deliver_forever(Direction::ToXmpp));
         tokio::spawn(self.clone().refresh_tokens_forever());
@@ -56,6 +61,21 @@ impl Bridge {
             self.start_session(&user.matrix_user, &user.jid, user.server_profile);
         }
         Ok(())
+    }
+
+    /// For a graceful stop, after the session manager's `shutdown`: waits (at most `limit`)
+    /// until every XMPP event read before it is recorded. Returns whether all were.
+    pub async fn finish_xmpp_events(&self, limit: Duration) -> bool {
+        let handling = self
+            .inner
+            .xmpp_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match handling {
+            Some(task) => tokio::time::timeout(limit, task).await.is_ok(),
+            None => true,
+        }
     }
 
     /// The XMPP account configuration of a linked user.

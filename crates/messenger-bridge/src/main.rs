@@ -307,8 +307,14 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         },
         () = shutdown_signal() => tracing::info!("shutting down"),
     }
+    // Graceful stop: every stream is closed after handling what its server had already sent,
+    // and every event read is recorded before the store closes.
     xmpp.shutdown().await;
+    if !bridge.finish_xmpp_events(Duration::from_secs(30)).await {
+        tracing::warn!("stopped before every XMPP event read was recorded");
+    }
     store.close().await;
+    tracing::info!("stopped");
     Ok(())
 }
 

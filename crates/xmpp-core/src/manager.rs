@@ -148,12 +148,15 @@ struct Entry {
     presence: Presence,
     stop: watch::Sender<bool>,
     generation: u64,
+    /// The supervising task: done once its session is closed and its last event sent.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Inner {
     config: ManagerConfig,
     accounts: Mutex<HashMap<String, Entry>>,
-    events: mpsc::Sender<AccountEvent>,
+    /// Taken at shutdown, so that the channel closes once the last session's events are in.
+    events: Mutex<Option<mpsc::Sender<AccountEvent>>>,
     permits: Semaphore,
     generation: std::sync::atomic::AtomicU64,
 }
@@ -178,7 +181,7 @@ impl SessionManager {
         let inner = Inner {
             config,
             accounts: Mutex::new(HashMap::new()),
-            events: tx,
+            events: Mutex::new(Some(tx)),
             permits,
             generation: std::sync::atomic::AtomicU64::new(0),
         };
@@ -198,59 +201,89 @@ impl SessionManager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts (or restarts) the supervised session of an account.
+    /// Starts (or restarts) the supervised session of an account. Does nothing after
+    /// [`SessionManager::shutdown`].
     pub fn start(&self, account: AccountConfig, credentials: Arc<dyn CredentialSource>) {
+        if self.events().is_none() {
+            return;
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let generation = self
             .inner
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        {
-            let mut accounts = self.accounts();
-            let presence = match accounts.remove(&account.account) {
-                Some(old) => {
-                    let _ = old.stop.send(true);
-                    old.presence
-                }
-                None => Presence::available(None, None),
-            };
-            accounts.insert(
-                account.account.clone(),
-                Entry {
-                    handle: None,
-                    presence,
-                    stop: stop_tx,
-                    generation,
-                },
-            );
-        }
+        let key = account.account.clone();
         let manager = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let key = account.account.clone();
             manager
                 .supervise(account, credentials, stop_rx, generation)
                 .await;
             manager.clear_handle(&key, generation);
         });
+        let mut accounts = self.accounts();
+        let presence = match accounts.remove(&key) {
+            Some(old) => {
+                let _ = old.stop.send(true);
+                old.presence
+            }
+            None => Presence::available(None, None),
+        };
+        accounts.insert(
+            key,
+            Entry {
+                handle: None,
+                presence,
+                stop: stop_tx,
+                generation,
+                task: Some(task),
+            },
+        );
     }
 
-    /// Stops an account's session cleanly (`</stream:stream>`); no reconnect follows.
+    /// Stops an account's session cleanly (`</stream:stream>`, then what the server had already
+    /// sent is handled); no reconnect follows. Returns once the session's last event is sent.
     pub async fn stop(&self, account: &str) {
         let entry = self.accounts().remove(account);
         if let Some(entry) = entry {
-            let _ = entry.stop.send(true);
-            if let Some(h) = entry.handle {
-                h.close().await;
-            }
+            Self::finish(entry).await;
         }
     }
 
-    /// Stops every session.
-    pub async fn shutdown(&self) {
-        let keys: Vec<String> = self.accounts().keys().cloned().collect();
-        for k in keys {
-            self.stop(&k).await;
+    async fn finish(mut entry: Entry) {
+        let _ = entry.stop.send(true);
+        if let Some(h) = entry.handle.take() {
+            h.close().await;
         }
+        if let Some(task) = entry.task.take() {
+            // The supervisor bounds its own wait for the session (see `supervise`).
+            let _ = task.await;
+        }
+    }
+
+    /// Stops every session, all at once, and waits until each has handled what its server had
+    /// sent. Then the event channel closes: its receiver sees the end once it has read the
+    /// last event. No session starts afterwards.
+    pub async fn shutdown(&self) {
+        let entries: Vec<Entry> = self.accounts().drain().map(|(_, e)| e).collect();
+        let mut finishing = tokio::task::JoinSet::new();
+        for entry in entries {
+            finishing.spawn(Self::finish(entry));
+        }
+        while finishing.join_next().await.is_some() {}
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    fn events(&self) -> Option<mpsc::Sender<AccountEvent>> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The live session of an account, if connected.
@@ -324,9 +357,10 @@ impl SessionManager {
     }
 
     async fn emit(&self, account: &str, event: ManagerEvent) {
-        let _ = self
-            .inner
-            .events
+        let Some(events) = self.events() else {
+            return;
+        };
+        let _ = events
             .send(AccountEvent {
                 account: account.to_owned(),
                 event,
@@ -417,10 +451,11 @@ impl SessionManager {
                     // tagged with the account: no per-session channel to pay for while idle.
                     self.emit(key, ManagerEvent::State(ConnectionState::Connected { jid }))
                         .await;
+                    let Some(events) = self.events() else { break };
                     let (handle, mut join) = session::start(
                         established,
                         self.inner.config.timers,
-                        self.inner.events.clone(),
+                        events,
                         key.to_owned(),
                     );
                     let presence = {
@@ -456,7 +491,8 @@ impl SessionManager {
                             end = &mut join => break end.unwrap_or(SessionEnd::Io("session task failed".into())),
                             _ = stop.changed() => {
                                 handle.close().await;
-                                let _ = tokio::time::timeout(Duration::from_secs(5), &mut join).await;
+                                // The session waits up to 10 s for the server's side to close.
+                                let _ = tokio::time::timeout(Duration::from_secs(15), &mut join).await;
                                 break SessionEnd::Closed;
                             }
                         }

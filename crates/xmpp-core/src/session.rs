@@ -241,6 +241,7 @@ pub(crate) fn start(
         events,
         pending: HashMap::new(),
         ping_outstanding: None,
+        closing: false,
     };
     let join = tokio::spawn(driver.run(in_rx, cmd_rx));
     (
@@ -302,7 +303,12 @@ struct Driver {
     pending: HashMap<String, Pending>,
     /// The id of the keepalive ping in flight.
     ping_outstanding: Option<String>,
+    /// Our `</stream:stream>` is sent: nothing more may be written.
+    closing: bool,
 }
+
+/// How long a closing session waits for the server to close its side of the stream.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 impl Driver {
     async fn run(
@@ -348,8 +354,7 @@ impl Driver {
                         }
                         Some(Command::Iq { iq, reply }) => self.send_iq(*iq, Some(reply)).await,
                         Some(Command::Close) | None => {
-                            let _ = self.write_raw(xml::STREAM_CLOSE).await;
-                            let _ = timeout(Duration::from_secs(2), self.write.shutdown()).await;
+                            self.close(&mut incoming).await;
                             break SessionEnd::Closed;
                         }
                     };
@@ -380,7 +385,48 @@ impl Driver {
         end
     }
 
+    /// Closes the stream as RFC 6120 §4.4 asks: sends `</stream:stream>`, then keeps reading
+    /// until the server closes its side, handling every stanza that was already on its way, so
+    /// that a stop loses nothing the server considers delivered. Bounded by [`CLOSE_WAIT`].
+    async fn close(&mut self, incoming: &mut mpsc::Receiver<Box<Incoming>>) {
+        let _ = self.write_raw(xml::STREAM_CLOSE).await;
+        self.closing = true;
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let mut handled = 0usize;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, incoming.recv()).await {
+                Ok(Some(msg)) => *msg,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(account = %self.account, "the server did not close its stream in time");
+                    break;
+                }
+            };
+            let _ = match msg {
+                Incoming::Event(StreamEvent::Stanza(el)) => {
+                    handled += 1;
+                    self.on_stanza(el).await
+                }
+                Incoming::Event(StreamEvent::Skipped(s)) => self.on_skipped(s).await,
+                Incoming::Event(StreamEvent::Open(_)) => Ok(()),
+                Incoming::Event(StreamEvent::Close)
+                | Incoming::Eof
+                | Incoming::Io(_)
+                | Incoming::Failed(_) => break,
+            };
+        }
+        if handled > 0 {
+            tracing::info!(account = %self.account, stanzas = handled, "handled the stanzas that arrived while the stream closed");
+        }
+        let _ = timeout(Duration::from_secs(2), self.write.shutdown()).await;
+    }
+
     async fn write_raw(&mut self, s: &str) -> Result<(), SessionEnd> {
+        if self.closing {
+            // RFC 6120 §4.4: nothing may follow our closing tag (answers to the server's last
+            // requests included).
+            return Ok(());
+        }
         let write = async {
             self.write.write_all(s.as_bytes()).await?;
             self.write.flush().await

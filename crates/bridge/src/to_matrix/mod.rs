@@ -19,23 +19,32 @@ use crate::context::Bridge;
 impl Bridge {
     /// Hands each account's XMPP events to that account's own task, so they are handled in
     /// order per account while a slow homeserver call for one user never stalls the others.
+    /// Returns when the session manager has shut down and every event it sent is handled.
     pub(crate) async fn xmpp_event_loop(self, mut events: mpsc::Receiver<AccountEvent>) {
-        let mut accounts: HashMap<String, mpsc::UnboundedSender<ManagerEvent>> = HashMap::new();
+        type Queue = mpsc::UnboundedSender<ManagerEvent>;
+        let mut accounts: HashMap<String, Queue> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let spawn = |tasks: &mut tokio::task::JoinSet<()>, account: &str| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(self.clone().account_events(account.to_owned(), rx));
+            tx
+        };
         while let Some(AccountEvent { account, event }) = events.recv().await {
-            let queue = accounts.entry(account.clone()).or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(self.clone().account_events(account.clone(), rx));
-                tx
-            });
+            let queue = accounts
+                .entry(account.clone())
+                .or_insert_with(|| spawn(&mut tasks, &account));
             if let Err(mpsc::error::SendError(event)) = queue.send(event) {
                 // The account's task ended (it panicked): start a new one for what follows.
                 tracing::error!(user = %account, "the account's event task had stopped; restarting it");
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(self.clone().account_events(account.clone(), rx));
+                let tx = spawn(&mut tasks, &account);
                 let _ = tx.send(event);
                 accounts.insert(account, tx);
             }
         }
+        // Shutting down: each account's task handles what is queued, then ends.
+        drop(accounts);
+        while tasks.join_next().await.is_some() {}
+        tracing::debug!("every XMPP event read before the shutdown is handled");
     }
 
     /// One account's XMPP events, in order.
