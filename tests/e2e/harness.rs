@@ -358,6 +358,24 @@ impl TestBridge {
     }
 }
 
+impl TestBridge {
+    /// Runs SQL in the bridge's own PostgreSQL database (a [`Backend::Postgres`] bridge).
+    pub(crate) async fn psql(&self, sql: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let url = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("url: postgres"))
+            .map(|rest| format!("postgres{rest}"))
+            .expect("a PostgreSQL bridge");
+        let status = Command::new("psql")
+            .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "psql: {sql}");
+    }
+}
+
 impl Drop for TestBridge {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {

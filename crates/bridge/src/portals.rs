@@ -80,13 +80,17 @@ impl Bridge {
             .filter_map(|v| serde_json::value::to_raw_value(&v).ok().map(Raw::from_json))
             .collect();
         let room = inner.matrix.create_room(&ghost, request).await?;
-        inner
-            .store
-            .upsert_portal(account, &jid, room.as_str())
-            .await
-            .map_err(store_err)?;
         tracing::info!(user = account, contact = %jid, room = %room, "created a portal");
+        // The room exists now: a delivery retried after a failed save must not create a second
+        // one, and an unsaved portal would make the user's lines in it bot commands after a
+        // restart. So the save is retried until the store takes it.
         self.portals().insert(account, &jid, &room);
+        let mut delay = std::time::Duration::from_millis(100);
+        while let Err(e) = inner.store.upsert_portal(account, &jid, room.as_str()).await {
+            tracing::error!(user = account, contact = %jid, room = %room, error = %e, "cannot save a new portal; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+        }
         Ok(room)
     }
 

@@ -7,14 +7,20 @@ use store::{Direction, Queued};
 use xmpp_core::Jid;
 use xmpp_core::stanza::{Message, MessageType};
 
-use crate::context::{Bridge, now_ms, short_hash};
+use crate::context::{Bridge, short_hash};
 use crate::delivery::LEASE;
 use crate::mapping;
 use crate::payload::ToMatrix;
 
 impl Bridge {
-    pub(crate) async fn on_xmpp_message(&self, account: &str, m: Message) {
-        let arrived = Instant::now();
+    /// `received` (Unix ms) and `arrived` are when the bridge read the stanza.
+    pub(crate) async fn on_xmpp_message(
+        &self,
+        account: &str,
+        m: Message,
+        received: i64,
+        arrived: Instant,
+    ) {
         let Some(from) = m.from.as_ref().map(Jid::to_bare) else {
             return;
         };
@@ -31,7 +37,7 @@ impl Bridge {
                     &contact,
                     format!("⚠ Your message was not delivered: {reason}"),
                 );
-                self.enqueue_to_matrix(account, &contact, &payload, None, Instant::now())
+                self.enqueue_to_matrix(account, &contact, &payload, None, arrived)
                     .await;
                 return;
             }
@@ -52,7 +58,6 @@ impl Bridge {
         };
         // Recorded before anything else is done with it: the store is the only place a
         // received stanza lives. Its delivery ends the ghost's typing (XEP-0085 §5.3).
-        let received = now_ms();
         let ts = m.delay.as_ref().map(xmpp_core::stanza::Delay::unix_millis);
         // With the body's hash: a resend (same id, same text) is caught, while a client that
         // reuses ids (RFC 6120 only says SHOULD be unique) loses no different message.

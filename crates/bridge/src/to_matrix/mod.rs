@@ -16,12 +16,20 @@ use xmpp_core::session::SessionEvent;
 
 use crate::context::Bridge;
 
+/// An XMPP event and when the bridge read it.
+struct Received {
+    event: ManagerEvent,
+    /// Unix milliseconds.
+    at_ms: i64,
+    at: std::time::Instant,
+}
+
 impl Bridge {
     /// Hands each account's XMPP events to that account's own task, so they are handled in
     /// order per account while a slow homeserver call for one user never stalls the others.
     /// Returns when the session manager has shut down and every event it sent is handled.
     pub(crate) async fn xmpp_event_loop(self, mut events: mpsc::Receiver<AccountEvent>) {
-        type Queue = mpsc::UnboundedSender<ManagerEvent>;
+        type Queue = mpsc::UnboundedSender<Received>;
         let mut accounts: HashMap<String, Queue> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         let spawn = |tasks: &mut tokio::task::JoinSet<()>, account: &str| {
@@ -30,6 +38,13 @@ impl Bridge {
             tx
         };
         while let Some(AccountEvent { account, event }) = events.recv().await {
+            // Stamped now: an account's task may be busy (a database outage, a slow homeserver)
+            // and a message's time is when the bridge read it, not when it got to it.
+            let event = Received {
+                event,
+                at_ms: crate::context::now_ms(),
+                at: std::time::Instant::now(),
+            };
             let queue = accounts
                 .entry(account.clone())
                 .or_insert_with(|| spawn(&mut tasks, &account));
@@ -48,17 +63,14 @@ impl Bridge {
     }
 
     /// One account's XMPP events, in order.
-    async fn account_events(
-        self,
-        account: String,
-        mut events: mpsc::UnboundedReceiver<ManagerEvent>,
-    ) {
+    async fn account_events(self, account: String, mut events: mpsc::UnboundedReceiver<Received>) {
         while let Some(event) = events.recv().await {
             self.on_account_event(&account, event).await;
         }
     }
 
-    async fn on_account_event(&self, account: &str, event: ManagerEvent) {
+    async fn on_account_event(&self, account: &str, received: Received) {
+        let Received { event, at_ms, at } = received;
         match event {
             ManagerEvent::State(state) => self.on_state(account, state).await,
             ManagerEvent::Roster(items) => {
@@ -75,7 +87,7 @@ impl Bridge {
                 }
             }
             ManagerEvent::Session(SessionEvent::Message(m)) => {
-                self.on_xmpp_message(account, m).await;
+                self.on_xmpp_message(account, m, at_ms, at).await;
             }
             ManagerEvent::Session(SessionEvent::Presence(p)) => {
                 self.on_xmpp_presence(account, p).await;
