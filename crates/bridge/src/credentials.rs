@@ -27,6 +27,85 @@ pub struct TokenResponse {
     pub expires_in: Option<i64>,
 }
 
+/// The longest token lifetime believed: a provider's `expires_in` beyond it (or an overflow)
+/// is taken as this.
+const MAX_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
+/// The shortest: a provider answering 0 or less must not make the bridge refresh in a loop.
+const MIN_LIFETIME_SECS: i64 = 30;
+/// Longer tokens are refused (the store, the SASL exchange and the logs stay bounded).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// When a token that lives `expires_in` seconds from `now_ms` (Unix ms) expires, within
+/// believable bounds and without overflow.
+pub fn expires_at(now_ms: i64, expires_in: Option<i64>) -> Option<i64> {
+    expires_in.map(|s| now_ms.saturating_add(s.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS) * 1000))
+}
+
+/// A token fit to store and send: 1 to 16 KiB of visible ASCII (RFC 6749 §A.12 `VSCHAR`).
+pub(crate) fn usable_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_BYTES
+        && token.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+impl TokenResponse {
+    /// Reads the token endpoint's answer (`status`, `body`). Errors say what was wrong without
+    /// repeating the body, which may hold secrets.
+    pub fn parse(status: u16, body: &[u8]) -> Result<Self, String> {
+        if !(200..300).contains(&status) {
+            #[derive(Deserialize)]
+            struct Refusal {
+                error: Option<String>,
+                error_description: Option<String>,
+            }
+            // RFC 6749 §5.2: error codes and descriptions are visible ASCII; anything else is
+            // not shown to the user.
+            let shown = |s: String| {
+                let s: String = s.chars().take(200).collect();
+                s.bytes().all(|b| (0x20..=0x7e).contains(&b)).then_some(s)
+            };
+            let e: Option<Refusal> = serde_json::from_slice(body).ok();
+            let code = e
+                .as_ref()
+                .and_then(|e| e.error.clone())
+                .and_then(shown)
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            let desc = e
+                .and_then(|e| e.error_description)
+                .and_then(shown)
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
+            return Err(format!("the OAuth provider refused ({code}{desc})"));
+        }
+        // RFC 8259 §8.1: JSON is UTF-8 (serde would skip unknown fields without checking).
+        let body = std::str::from_utf8(body)
+            .map_err(|_| "the OAuth provider answered something that is not UTF-8 JSON")?;
+        let response: Self = serde_json::from_str(body).map_err(|e| {
+            format!(
+                "the OAuth provider answered something that is not a token response ({:?} at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        if !usable_token(&response.access_token) {
+            return Err(
+                "the OAuth provider answered an empty, oversized or malformed access token".into(),
+            );
+        }
+        if response
+            .refresh_token
+            .as_deref()
+            .is_some_and(|t| !usable_token(t))
+        {
+            return Err(
+                "the OAuth provider answered an empty, oversized or malformed refresh token".into(),
+            );
+        }
+        Ok(response)
+    }
+}
+
 impl std::fmt::Debug for TokenResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenResponse")
@@ -90,25 +169,7 @@ impl OAuthClient {
             .bytes()
             .await
             .map_err(|e| format!("the OAuth provider broke off: {e}"))?;
-        if !status.is_success() {
-            #[derive(Deserialize)]
-            struct Err {
-                error: Option<String>,
-                error_description: Option<String>,
-            }
-            let e: Option<Err> = serde_json::from_slice(&body).ok();
-            let code = e
-                .as_ref()
-                .and_then(|e| e.error.clone())
-                .unwrap_or_else(|| status.to_string());
-            let desc = e
-                .and_then(|e| e.error_description)
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default();
-            return Err(format!("the OAuth provider refused ({code}{desc})"));
-        }
-        serde_json::from_slice(&body)
-            .map_err(|e| format!("the OAuth provider answered something unexpected: {e}"))
+        TokenResponse::parse(status.as_u16(), &body)
     }
 
     /// Uses a refresh token.
@@ -206,7 +267,7 @@ impl StoreCredentials {
             refresh_token: response
                 .refresh_token
                 .or_else(|| tokens.refresh_token.clone()),
-            expires_at: response.expires_in.map(|s| now + s * 1000),
+            expires_at: expires_at(now, response.expires_in),
         };
         // Saved before use: a crash now must not lose the rotated refresh token.
         self.store

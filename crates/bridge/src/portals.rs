@@ -86,7 +86,11 @@ impl Bridge {
         // restart. So the save is retried until the store takes it.
         self.portals().insert(account, &jid, &room);
         let mut delay = std::time::Duration::from_millis(100);
-        while let Err(e) = inner.store.upsert_portal(account, &jid, room.as_str()).await {
+        while let Err(e) = inner
+            .store
+            .upsert_portal(account, &jid, room.as_str())
+            .await
+        {
             tracing::error!(user = account, contact = %jid, room = %room, error = %e, "cannot save a new portal; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_secs(10));

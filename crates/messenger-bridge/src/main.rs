@@ -459,7 +459,7 @@ async fn link(args: &Args) -> anyhow::Result<()> {
         let tokens = OAuthTokens {
             access_token,
             refresh_token: secret["refresh_token"].as_str().map(str::to_owned),
-            expires_at: secret["expires_in"].as_i64().map(|s| now + s * 1000),
+            expires_at: bridge::credentials::expires_at(now, secret["expires_in"].as_i64()),
         };
         store.set_oauth_tokens(&user, &tokens).await?;
     }

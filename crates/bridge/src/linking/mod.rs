@@ -175,7 +175,7 @@ impl Bridge {
                 let tokens = OAuthTokens {
                     access_token,
                     refresh_token,
-                    expires_at: expires_in.map(|s| now + s * 1000),
+                    expires_at: crate::credentials::expires_at(now, expires_in),
                 };
                 store
                     .set_oauth_tokens(user, &tokens)

@@ -15,6 +15,7 @@ use xmpp_core::sasl::Credentials;
 
 use super::pending::{Pending, Secret, Step};
 use crate::context::Bridge;
+use crate::credentials::usable_token;
 
 /// The web routes of account linking.
 pub(crate) fn routes() -> Router<Bridge> {
@@ -312,7 +313,17 @@ async fn callback(
     };
     let access = tokens.access_token().secret().clone();
     let refresh = tokens.refresh_token().map(|r| r.secret().clone());
-    let expires = tokens.expires_in().map(|d| d.as_secs() as i64);
+    if !usable_token(&access) || refresh.as_deref().is_some_and(|r| !usable_token(r)) {
+        bridge.bot_say(&p.room, "❌ The sign-in provider answered a malformed token. Send `login` to try again; if it keeps happening, tell the bridge administrator.").await;
+        return page(
+            StatusCode::BAD_GATEWAY,
+            "Sign-in failed",
+            "The provider answered a malformed token. Go back to your chat and send `login` to try again.",
+        );
+    }
+    let expires = tokens
+        .expires_in()
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let jid = match bridge
         .probe_login(None, Credentials::AccessToken(access.clone()))
         .await
