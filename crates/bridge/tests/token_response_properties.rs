@@ -7,6 +7,8 @@
 //! `TOKEN_FUZZ_ITERATIONS=50 cargo test -p bridge --test token_response_properties`; a failure
 //! prints its seed.
 
+#![allow(clippy::unwrap_used)]
+
 use bridge::credentials::{TokenResponse, expires_at};
 use serde_json::{Map, Value, json};
 
