@@ -147,3 +147,163 @@ async fn users_outside_the_permissions_are_refused_without_the_bot_joining() {
     assert_eq!(from_bot, 0);
     bridge.stop().await;
 }
+
+/// A seeded stream of malformed requests at every public endpoint of the running bridge
+/// (transactions with mutated or hostile bodies, user and room queries, the login pages and the
+/// OAuth callback with random parameters): each gets a clear answer below 500 in time, and
+/// afterwards the bridge is healthy and bridges both ways as before.
+#[tokio::test]
+async fn malformed_requests_get_clear_answers_and_the_bridge_keeps_serving() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let user = MatrixUser::new(&env, "alice").await;
+    let mut bob = testkit::XmppContact::start(&env, "bob", testkit::ContactLogin::Messenger).await;
+    let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let hs = env.get("HS_TOKEN");
+    let valid = json!({"events": [{"type": "m.room.message", "room_id": room.as_str(),
+        "sender": user.user_id.as_str(), "event_id": "$valid", "origin_server_ts": 1,
+        "content": {"msgtype": "m.text", "body": "hello"}}]});
+    let hostile_events = [
+        json!({"type": "m.room.message", "room_id": room.as_str(), "sender": user.user_id.as_str(), "content": {"body": 5}}),
+        json!({"type": "m.room.message", "room_id": room.as_str(), "sender": user.user_id.as_str(),
+            "content": {"msgtype": "m.text", "body": "x", "format": "org.matrix.custom.html", "formatted_body": "<b>".repeat(5000)}}),
+        json!({"type": "m.room.message", "room_id": room.as_str(), "sender": user.user_id.as_str(),
+            "content": {"msgtype": "m.image", "body": "p.png", "url": "mxc://../../etc/passwd"}}),
+        json!({"type": "m.room.message", "room_id": room.as_str(), "sender": user.user_id.as_str(),
+            "content": {"msgtype": "m.text", "body": "edit", "m.relates_to": {"rel_type": "m.replace", "event_id": 7}}}),
+        json!({"type": "m.room.member", "room_id": room.as_str(), "sender": user.user_id.as_str(), "state_key": null, "content": {"membership": ["leave"]}}),
+        json!({"type": "m.room.message", "room_id": "not a room", "sender": "not a user", "content": {}}),
+        json!({"type": "m.receipt", "content": {"$x": {"m.read": {"@a:b": "yes"}}}}),
+        json!({"type": "m.typing", "room_id": room.as_str(), "content": {"user_ids": [1, 2]}}),
+    ];
+    let mut rng = 0x5EC0_1234_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..300 {
+        let pick = next() % 9;
+        let request = match pick {
+            0..=3 => {
+                let body = match pick {
+                    0 => {
+                        let mut b = valid.to_string().into_bytes();
+                        let at = (next() as usize) % b.len();
+                        if next() % 2 == 0 {
+                            b.truncate(at);
+                        } else {
+                            b[at] = (next() & 0xff) as u8;
+                        }
+                        b
+                    }
+                    1 => {
+                        let mut event =
+                            hostile_events[(next() as usize) % hostile_events.len()].clone();
+                        event["event_id"] = json!(format!("$hostile{i}"));
+                        let key = if next() % 4 == 0 {
+                            "ephemeral"
+                        } else {
+                            "events"
+                        };
+                        json!({ key: [event] }).to_string().into_bytes()
+                    }
+                    2 => {
+                        let depth = 50 + (next() as usize) % 5000;
+                        format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+                    }
+                    _ => (0..(next() as usize) % 512)
+                        .map(|_| (next() & 0xff) as u8)
+                        .collect(),
+                };
+                http.put(format!("{BASE}/_matrix/app/v1/transactions/fuzz{i}"))
+                    .bearer_auth(hs)
+                    .header("content-type", "application/json")
+                    .body(body)
+            }
+            4 => http
+                .get(format!(
+                    "{BASE}/_matrix/app/v1/users/{}",
+                    odd_segment(next())
+                ))
+                .bearer_auth(hs),
+            5 => http
+                .get(format!(
+                    "{BASE}/_matrix/app/v1/rooms/{}",
+                    odd_segment(next())
+                ))
+                .bearer_auth(hs),
+            6 => http.get(format!("{BASE}/login/{}", odd_segment(next()))),
+            7 => http
+                .post(format!("{BASE}/login/{}", odd_segment(next())))
+                .header("cookie", format!("mb_login={}", odd_segment(next())))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "confirm={}&jid={}&password={}",
+                    odd_segment(next()),
+                    odd_segment(next()),
+                    "p".repeat((next() as usize) % 100_000)
+                )),
+            _ => http.get(format!(
+                "{BASE}/login/callback?code={}&state={}&error={}",
+                odd_segment(next()),
+                odd_segment(next()),
+                odd_segment(next())
+            )),
+        };
+        let r = request.send().await.unwrap_or_else(|e| {
+            panic!(
+                "request {i} (kind {pick}) got no answer: {e}\n{}",
+                bridge.log_tail()
+            )
+        });
+        assert!(
+            r.status().as_u16() < 500,
+            "request {i} (kind {pick}): {}\n{}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+
+    let health = http.get(format!("{BASE}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ghost = format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"));
+    let alice_jid = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
+    let hello = unique("still bridging ");
+    bob.send_chat(&alice_jid, Some(&hello), None).await;
+    user.wait_messages(&room, T, "a message after the fuzzing", |m| {
+        bodies_from(m, &ghost).contains(&hello.as_str())
+    })
+    .await;
+    let answer = unique("answer after the fuzzing ");
+    user.send_text(&room, &answer).await;
+    bob.wait_for(Duration::from_secs(60), |e| {
+        e["event"] == "message" && e["body"] == answer.as_str()
+    })
+    .await;
+    let log = std::fs::read_to_string(bridge.dir.join("bridge.log")).unwrap();
+    assert!(!log.contains("panicked"), "{}", bridge.log_tail());
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+/// A path segment or parameter of one of the shapes an attacker tries.
+fn odd_segment(n: u64) -> String {
+    match n % 8 {
+        0 => String::new(),
+        1 => "%00%ff%fe".into(),
+        2 => "..%2F..%2Fetc%2Fpasswd".into(),
+        3 => "x".repeat(8_000),
+        4 => "%F0%9F%98%80%E2%80%AE".into(),
+        5 => "@msn_%22%3Cscript%3E:localhost".into(),
+        6 => format!("#msn_{n}:localhost"),
+        _ => format!("{n:x}"),
+    }
+}
