@@ -145,7 +145,40 @@ async fn users_outside_the_permissions_are_refused_without_the_bot_joining() {
         .filter(|v| v["sender"] == bot.as_str() && v["type"] == "m.room.message")
         .count();
     assert_eq!(from_bot, 0);
+
+    // Their messages, even in a room the bridge knows, are not even recorded: an outsider
+    // cannot fill the bridge's outbox.
+    let events: Vec<_> = (0..20)
+        .map(|i| {
+            json!({"type": "m.room.message", "room_id": room.room_id().as_str(),
+                "sender": client.user_id().unwrap().as_str(), "event_id": format!("$outsider{i}"),
+                "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": "login"}})
+        })
+        .collect();
+    let r = reqwest::Client::new()
+        .put(format!("{BASE}/_matrix/app/v1/transactions/outsider1"))
+        .bearer_auth(env.get("HS_TOKEN"))
+        .header("content-type", "application/json")
+        .body(json!({ "events": events }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     bridge.stop().await;
+    let store = bridge.open_store().await;
+    let added = store
+        .enqueue(
+            store::Direction::ToXmpp,
+            room.room_id().as_str(),
+            b"{}",
+            Some("$outsider0"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(added, store::Enqueued::Added(_)),
+        "an outsider's event was recorded: {added:?}"
+    );
 }
 
 /// A seeded stream of malformed requests at every public endpoint of the running bridge

@@ -184,10 +184,14 @@ fn should_record(bridge: &Bridge, event: &Value) -> bool {
     if bridge.inner.ghosts.is_ghost(sender) || sender == bridge.inner.bot.as_str() {
         return false;
     }
-    matches!(
-        event["type"].as_str(),
-        Some("m.room.message" | "m.room.member" | "m.room.encrypted" | "m.room.encryption")
-    )
+    // Someone the permissions do not allow gets nothing recorded (they could fill the outbox),
+    // except an invite: it is refused, without the bot or a ghost joining.
+    let allowed = bridge.inner.config.bridge.level(sender).is_some();
+    match event["type"].as_str() {
+        Some("m.room.message" | "m.room.encrypted" | "m.room.encryption") => allowed,
+        Some("m.room.member") => allowed || event["content"]["membership"] == "invite",
+        _ => false,
+    }
 }
 
 async fn query_user(
