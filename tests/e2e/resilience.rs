@@ -371,3 +371,65 @@ async fn a_database_outage_loses_nothing_either_way() {
     bob.quit().await;
     bridge.stop().await;
 }
+
+/// While the user's XMPP session is offline, a portal holds at most
+/// `bridge.max_queued_per_portal` messages: more are refused with a notice in the room (not
+/// recorded, so nobody fills the database), and the ones taken go out in order once the session
+/// is back.
+#[tokio::test]
+async fn a_portal_queue_is_capped_while_xmpp_is_offline_and_the_user_is_told() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.configure("max_queued_per_portal", "3");
+    let user = MatrixUser::new(&env, "alice").await;
+    let mut bob = testkit::XmppContact::start(&env, "bob", testkit::ContactLogin::Messenger).await;
+    let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
+    let ghost = format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"));
+
+    // The XMPP server unreachable for the bridge (a closed port) while bob stays online.
+    bridge.stop().await;
+    let port_line = format!("port: {}", env.get("XMPP_PORT"));
+    bridge.edit_config(&port_line, "port: 1");
+    bridge.start().await;
+    let tag = unique("queued ");
+    for i in 0..5 {
+        user.send_text(&room, &format!("{tag}{i}")).await;
+    }
+    user.wait_messages(&room, T, "two refusals", |m| {
+        bodies_from(m, &ghost)
+            .iter()
+            .filter(|b| b.starts_with("⚠ Not sent: 3 messages"))
+            .count()
+            >= 2
+    })
+    .await;
+
+    bridge.stop().await;
+    bridge.edit_config("port: 1", &port_line);
+    bridge.start().await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let ev = bob
+            .wait_for(Duration::from_secs(60), |e| {
+                e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with(&tag))
+            })
+            .await;
+        got.push(ev["body"].as_str().unwrap().to_owned());
+    }
+    let extra = bob.drain(Duration::from_secs(3)).await;
+    got.extend(
+        extra
+            .iter()
+            .filter_map(|e| e["body"].as_str())
+            .filter(|b| b.starts_with(&tag))
+            .map(str::to_owned),
+    );
+    let want: Vec<String> = (0..3).map(|i| format!("{tag}{i}")).collect();
+    assert_eq!(
+        got, want,
+        "the three taken, in order, and not the refused ones"
+    );
+    bob.quit().await;
+    bridge.stop().await;
+}

@@ -146,6 +146,10 @@ pub struct BehaviourConfig {
     /// The longest wait between two delivery attempts, in seconds.
     #[serde(default = "default_retry_max_delay")]
     pub retry_max_delay_secs: u64,
+    /// The most messages one portal may have waiting for XMPP; more are refused with a
+    /// notice, so that no one fills the bridge's database while the XMPP side is down.
+    #[serde(default = "default_max_queued")]
+    pub max_queued_per_portal: u64,
 }
 
 impl Default for BehaviourConfig {
@@ -158,8 +162,13 @@ impl Default for BehaviourConfig {
             login_link_lifetime_secs: default_link_lifetime(),
             retry_for_secs: default_retry_for(),
             retry_max_delay_secs: default_retry_max_delay(),
+            max_queued_per_portal: default_max_queued(),
         }
     }
+}
+
+fn default_max_queued() -> u64 {
+    1000
 }
 
 /// The OAuth 2.0 provider (Live Connect for Messenger). `Debug` hides the client secret.

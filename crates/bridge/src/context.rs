@@ -40,6 +40,9 @@ pub(crate) struct Inner {
     pub(crate) registered: Mutex<HashSet<String>>,
     /// Roster names per (user, contact).
     pub(crate) roster_names: Mutex<HashMap<(String, String), String>>,
+    /// Portals whose last Matrix event queued behind others: their backlog is checked against
+    /// `bridge.max_queued_per_portal` before recording more.
+    pub(crate) backlogged: Mutex<HashSet<String>>,
     /// The task handling XMPP events; it ends after the session manager's shutdown.
     pub(crate) xmpp_events: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Per-key async locks (ghost set-up, portal creation).
@@ -136,6 +139,7 @@ impl Bridge {
                 registered: Mutex::default(),
                 roster_names: Mutex::default(),
                 xmpp_events: Mutex::default(),
+                backlogged: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),

@@ -27,6 +27,41 @@ pub(crate) enum DeliveryEnd {
 }
 
 impl Bridge {
+    /// Whether `room`'s queue to XMPP is at `bridge.max_queued_per_portal`. Counted only for
+    /// portals whose last event had to wait: an idle portal costs nothing.
+    pub(crate) async fn portal_full(&self, room: &str) -> Result<bool, store::Error> {
+        if !self
+            .inner
+            .backlogged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(room)
+        {
+            return Ok(false);
+        }
+        let waiting = self
+            .inner
+            .store
+            .queue_backlog(Direction::ToXmpp, room)
+            .await?;
+        let cap = i64::try_from(self.inner.config.bridge.max_queued_per_portal).unwrap_or(i64::MAX);
+        Ok(waiting >= cap)
+    }
+
+    /// Notes whether `room`'s last recorded event queued behind others.
+    pub(crate) fn mark_backlogged(&self, room: &str, waiting: bool) {
+        let mut set = self
+            .inner
+            .backlogged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waiting {
+            set.insert(room.to_owned());
+        } else {
+            set.remove(room);
+        }
+    }
+
     /// After a failed attempt that may work later: schedules the next one (capped backoff) for
     /// as long as the configured `retry_for_secs` since the item was recorded, then gives it up.
     /// Returns whether it gave up (the caller tells the user).

@@ -276,6 +276,8 @@ const RELEASE_CLAIMS: &str = "UPDATE outbox SET state = 'pending', lease_token =
 const PRUNE_DONE: &str = "DELETE FROM outbox WHERE state = 'done' AND finished_at < $1";
 const COUNT_UNFINISHED: &str = "SELECT COUNT(*) AS n FROM outbox \
     WHERE direction = $1 AND state IN ('pending', 'claimed')";
+const COUNT_QUEUE_UNFINISHED: &str = "SELECT COUNT(*) AS n FROM outbox \
+    WHERE direction = $1 AND queue_key = $2 AND state IN ('pending', 'claimed')";
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -607,6 +609,12 @@ impl Store {
             on_writer!(self, conn => sqlx::query(PRUNE_DONE).bind(before)
             .execute(&mut *conn).await.ctx("prune delivered outbox items").map(|r| r.rows_affected()))?,
         )
+    }
+
+    /// Items of one queue not yet delivered or failed (pending or claimed).
+    pub async fn queue_backlog(&self, direction: Direction, queue_key: &str) -> Result<i64> {
+        on_pool!(self, pool => sqlx::query(COUNT_QUEUE_UNFINISHED).bind(direction.as_str())
+            .bind(queue_key).fetch_one(pool).await.ctx("count a queue's outbox items")?.int("n"))
     }
 
     /// Items not yet delivered or failed (pending or claimed), e.g. for metrics.

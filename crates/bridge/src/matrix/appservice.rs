@@ -145,6 +145,21 @@ async fn transaction(
     // answering 200 only after every event is recorded never loses one. An event at the head of
     // an idle portal comes back claimed and is delivered at once.
     for (room, event_id, bytes) in &events {
+        match bridge.portal_full(room).await {
+            Ok(false) => {}
+            Ok(true) => {
+                refuse_over_cap(&bridge, room);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot count a portal's queue; asking the homeserver to retry");
+                return matrix_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "M_UNKNOWN",
+                    "the bridge's database is unavailable",
+                );
+            }
+        }
         match store
             .enqueue_and_claim(Direction::ToXmpp, room, bytes, Some(event_id), LEASE)
             .await
@@ -152,6 +167,7 @@ async fn transaction(
             Ok(queued @ (Queued::Claimed(_) | Queued::Waiting(_))) => {
                 // Noted before delivery starts, so a fast delivery finds it.
                 bridge.note_received(Direction::ToXmpp, event_id, arrived);
+                bridge.mark_backlogged(room, matches!(queued, Queued::Waiting(_)));
                 match queued {
                     Queued::Claimed(item) => bridge.dispatch(item),
                     _ => bridge.queue_waiting(Direction::ToXmpp, room),
@@ -175,6 +191,29 @@ async fn transaction(
         }
     }
     (StatusCode::OK, axum::Json(json!({}))).into_response()
+}
+
+/// Tells the room that a message was not taken: its portal has too many waiting already.
+fn refuse_over_cap(bridge: &Bridge, room: &str) {
+    let cap = bridge.inner.config.bridge.max_queued_per_portal;
+    tracing::warn!(
+        room,
+        cap,
+        "a portal's queue to XMPP is full; refused a message"
+    );
+    bridge.inner.metrics.failure("portal_queue_full");
+    let (bridge, room) = (bridge.clone(), room.to_owned());
+    tokio::spawn(async move {
+        bridge
+            .notice_in_room(
+                &room,
+                &format!(
+                    "⚠ Not sent: {cap} messages in this room are already waiting for XMPP (your \
+                     XMPP session is offline). Send it again once they have gone out."
+                ),
+            )
+            .await;
+    });
 }
 
 /// Events worth recording: from real users (not our own ghosts' echoes), of the kinds the

@@ -435,3 +435,25 @@ scenario!(items_waiting_for_a_retry_can_be_made_due_at_once, |db| {
         .collect();
     assert_eq!(got, [(&b"a1"[..], 2)]);
 });
+
+scenario!(queue_backlog_counts_one_queues_unfinished_items, |db| {
+    let s = &db.store;
+    for p in ["a", "b", "c"] {
+        enqueue(s, "room1", p).await;
+    }
+    enqueue(s, "room2", "x").await;
+    assert_eq!(s.queue_backlog(IN, "room1").await.unwrap(), 3);
+    assert_eq!(
+        s.queue_backlog(Direction::ToMatrix, "room1").await.unwrap(),
+        0
+    );
+    // Claimed items are still unfinished; acked ones are not.
+    for left in [2, 1, 0] {
+        let claimed = s.claim(IN, 10, LONG).await.unwrap();
+        let item = claimed.iter().find(|i| i.queue_key == "room1").unwrap();
+        assert_eq!(s.queue_backlog(IN, "room1").await.unwrap(), left + 1);
+        s.ack(item).await.unwrap();
+        assert_eq!(s.queue_backlog(IN, "room1").await.unwrap(), left);
+    }
+    assert_eq!(s.queue_backlog(IN, "room2").await.unwrap(), 1);
+});
