@@ -29,7 +29,12 @@ pub(crate) enum DeliveryEnd {
 impl Bridge {
     /// Whether `room`'s queue to XMPP is at `bridge.max_queued_per_portal`. Counted only for
     /// portals whose last event had to wait: an idle portal costs nothing.
-    pub(crate) async fn portal_full(&self, room: &str) -> Result<bool, store::Error> {
+    /// An event already recorded (a transaction sent again) is never refused.
+    pub(crate) async fn portal_full(
+        &self,
+        room: &str,
+        event_id: &str,
+    ) -> Result<bool, store::Error> {
         if !self
             .inner
             .backlogged
@@ -45,7 +50,14 @@ impl Bridge {
             .queue_backlog(Direction::ToXmpp, room)
             .await?;
         let cap = i64::try_from(self.inner.config.bridge.max_queued_per_portal).unwrap_or(i64::MAX);
-        Ok(waiting >= cap)
+        if waiting < cap {
+            return Ok(false);
+        }
+        Ok(!self
+            .inner
+            .store
+            .is_recorded(Direction::ToXmpp, event_id)
+            .await?)
     }
 
     /// Notes whether `room`'s last recorded event queued behind others.

@@ -95,6 +95,12 @@ impl Bridge {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_secs(10));
         }
+        // Forgotten while the save was retried (the user left, or logged out): undo the save.
+        if self.portals().room(account, &jid).as_ref() != Some(&room)
+            && let Err(e) = inner.store.delete_portal(room.as_str()).await
+        {
+            tracing::warn!(user = account, contact = %jid, room = %room, error = %e, "cannot remove a portal forgotten while it was saved");
+        }
         Ok(room)
     }
 

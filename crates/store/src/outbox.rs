@@ -611,6 +611,12 @@ impl Store {
         )
     }
 
+    /// Whether an item with this dedupe key was ever recorded (and not yet pruned).
+    pub async fn is_recorded(&self, direction: Direction, dedupe_key: &str) -> Result<bool> {
+        on_pool!(self, pool => Ok(sqlx::query(SELECT_BY_DEDUPE).bind(direction.as_str())
+            .bind(dedupe_key).fetch_optional(pool).await.ctx("look up an outbox item")?.is_some()))
+    }
+
     /// Items of one queue not yet delivered or failed (pending or claimed).
     pub async fn queue_backlog(&self, direction: Direction, queue_key: &str) -> Result<i64> {
         on_pool!(self, pool => sqlx::query(COUNT_QUEUE_UNFINISHED).bind(direction.as_str())

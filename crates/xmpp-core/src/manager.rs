@@ -155,6 +155,8 @@ struct Entry {
 struct Inner {
     config: ManagerConfig,
     accounts: Mutex<HashMap<String, Entry>>,
+    /// Set by [`SessionManager::shutdown`] under the `accounts` lock: no session starts after.
+    closed: std::sync::atomic::AtomicBool,
     /// Taken at shutdown, so that the channel closes once the last session's events are in.
     events: Mutex<Option<mpsc::Sender<AccountEvent>>>,
     permits: Semaphore,
@@ -181,6 +183,7 @@ impl SessionManager {
         let inner = Inner {
             config,
             accounts: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             events: Mutex::new(Some(tx)),
             permits,
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -204,7 +207,8 @@ impl SessionManager {
     /// Starts (or restarts) the supervised session of an account. Does nothing after
     /// [`SessionManager::shutdown`].
     pub fn start(&self, account: AccountConfig, credentials: Arc<dyn CredentialSource>) {
-        if self.events().is_none() {
+        // Checked again under the lock below; this only spares a spawn.
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -213,6 +217,10 @@ impl SessionManager {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = account.account.clone();
+        let mut accounts = self.accounts();
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let manager = self.clone();
         let task = tokio::spawn(async move {
             let key = account.account.clone();
@@ -221,7 +229,6 @@ impl SessionManager {
                 .await;
             manager.clear_handle(&key, generation);
         });
-        let mut accounts = self.accounts();
         let presence = match accounts.remove(&key) {
             Some(old) => {
                 let _ = old.stop.send(true);
@@ -265,7 +272,13 @@ impl SessionManager {
     /// sent. Then the event channel closes: its receiver sees the end once it has read the
     /// last event. No session starts afterwards.
     pub async fn shutdown(&self) {
-        let entries: Vec<Entry> = self.accounts().drain().map(|(_, e)| e).collect();
+        let entries: Vec<Entry> = {
+            let mut accounts = self.accounts();
+            self.inner
+                .closed
+                .store(true, std::sync::atomic::Ordering::Release);
+            accounts.drain().map(|(_, e)| e).collect()
+        };
         let mut finishing = tokio::task::JoinSet::new();
         for entry in entries {
             finishing.spawn(Self::finish(entry));
@@ -491,8 +504,11 @@ impl SessionManager {
                             end = &mut join => break end.unwrap_or(SessionEnd::Io("session task failed".into())),
                             _ = stop.changed() => {
                                 handle.close().await;
-                                // The session waits up to 10 s for the server's side to close.
-                                let _ = tokio::time::timeout(Duration::from_secs(15), &mut join).await;
+                                // The session closes within 12 s (10 s for the server's side
+                                // of the stream, 2 s for the socket); never longer than this.
+                                if tokio::time::timeout(Duration::from_secs(15), &mut join).await.is_err() {
+                                    join.abort();
+                                }
                                 break SessionEnd::Closed;
                             }
                         }

@@ -389,9 +389,10 @@ impl Driver {
     /// until the server closes its side, handling every stanza that was already on its way, so
     /// that a stop loses nothing the server considers delivered. Bounded by [`CLOSE_WAIT`].
     async fn close(&mut self, incoming: &mut mpsc::Receiver<Box<Incoming>>) {
-        let _ = self.write_raw(xml::STREAM_CLOSE).await;
-        self.closing = true;
+        // One deadline for the whole close, the closing tag's write included.
         let deadline = Instant::now() + CLOSE_WAIT;
+        let _ = tokio::time::timeout_at(deadline, self.write_raw(xml::STREAM_CLOSE)).await;
+        self.closing = true;
         let mut handled = 0usize;
         loop {
             let msg = match tokio::time::timeout_at(deadline, incoming.recv()).await {

@@ -129,7 +129,7 @@ async fn transaction(
     let store = &bridge.inner.store;
     // Only real users' messages and memberships are recorded; most transactions carry just the
     // echoes of our own ghosts, and those need no database work at all.
-    let events: Vec<(String, String, Vec<u8>)> = txn
+    let events: Vec<(String, String, Vec<u8>, bool)> = txn
         .events
         .iter()
         .filter_map(|raw| serde_json::from_str::<Value>(raw.json().get()).ok())
@@ -137,15 +137,22 @@ async fn transaction(
         .filter_map(|event| {
             let room = event["room_id"].as_str()?.to_owned();
             let event_id = event["event_id"].as_str()?.to_owned();
-            Some((room, event_id, serde_json::to_vec(&event).ok()?))
+            let message = event["type"] == "m.room.message";
+            Some((room, event_id, serde_json::to_vec(&event).ok()?, message))
         })
         .collect();
     // Each event is recorded under its event id, so a transaction sent again (Synapse retries
     // until it gets a 200, and reuses ids after its own restart) records nothing twice, and
     // answering 200 only after every event is recorded never loses one. An event at the head of
     // an idle portal comes back claimed and is delivered at once.
-    for (room, event_id, bytes) in &events {
-        match bridge.portal_full(room).await {
+    for (room, event_id, bytes, message) in &events {
+        // Only messages count against the cap: a leave or an encryption change must go through.
+        let full = if *message {
+            bridge.portal_full(room, event_id).await
+        } else {
+            Ok(false)
+        };
+        match full {
             Ok(false) => {}
             Ok(true) => {
                 refuse_over_cap(&bridge, room);

@@ -32,6 +32,9 @@ impl Bridge {
         type Queue = mpsc::UnboundedSender<Received>;
         let mut accounts: HashMap<String, Queue> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
+        // Strictly increasing: a stanza without an id is told apart from an identical one read
+        // in the same millisecond by its receive time (see `on_xmpp_message`'s dedupe key).
+        let mut last_ms = 0i64;
         let spawn = |tasks: &mut tokio::task::JoinSet<()>, account: &str| {
             let (tx, rx) = mpsc::unbounded_channel();
             tasks.spawn(self.clone().account_events(account.to_owned(), rx));
@@ -40,9 +43,10 @@ impl Bridge {
         while let Some(AccountEvent { account, event }) = events.recv().await {
             // Stamped now: an account's task may be busy (a database outage, a slow homeserver)
             // and a message's time is when the bridge read it, not when it got to it.
+            last_ms = crate::context::now_ms().max(last_ms + 1);
             let event = Received {
                 event,
-                at_ms: crate::context::now_ms(),
+                at_ms: last_ms,
                 at: std::time::Instant::now(),
             };
             let queue = accounts
@@ -108,7 +112,7 @@ impl Bridge {
                     self.notify_user(
                         account,
                         &format!(
-                            "⚠ {} sent a message of {} KiB, more than the bridge accepts from                              the XMPP server; it was not delivered here. Read it in another                              client.",
+                            "⚠ {} sent a message of {} KiB, more than the bridge accepts from the XMPP server; it was not delivered here. Read it in another client.",
                             from.to_bare(),
                             bytes.div_ceil(1024)
                         ),
@@ -139,11 +143,24 @@ impl Bridge {
     /// A roster push renamed a contact: the user's portal with them takes the new name (the
     /// ghost's global profile keeps the contact's own).
     async fn rename_portal(&self, account: &str, item: &xmpp_core::stanza::RosterItem) {
-        let (Some(name), Some(room)) = (
-            &item.name,
-            self.portals().room(account, &item.jid.to_string()),
-        ) else {
+        let Some(name) = &item.name else {
             return;
+        };
+        let jid = item.jid.to_string();
+        let cached = self.portals().room(account, &jid);
+        let room = match cached {
+            Some(room) => room,
+            None => match self.inner.store.portal(account, &jid).await {
+                Ok(Some(p)) => match ruma::RoomId::parse(&p.room_id) {
+                    Ok(room) => room,
+                    Err(_) => return,
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(user = %account, contact = %jid, error = %e, "cannot look up a portal to rename");
+                    return;
+                }
+            },
         };
         let ghost = self.inner.ghosts.user_id(&item.jid);
         if let Err(e) = self.inner.matrix.set_room_name(&ghost, &room, name).await {

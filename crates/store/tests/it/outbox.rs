@@ -457,3 +457,11 @@ scenario!(queue_backlog_counts_one_queues_unfinished_items, |db| {
     }
     assert_eq!(s.queue_backlog(IN, "room2").await.unwrap(), 1);
 });
+
+scenario!(is_recorded_finds_an_item_by_its_dedupe_key, |db| {
+    let s = &db.store;
+    assert!(!s.is_recorded(IN, "$event").await.unwrap());
+    s.enqueue(IN, "room", b"x", Some("$event")).await.unwrap();
+    assert!(s.is_recorded(IN, "$event").await.unwrap());
+    assert!(!s.is_recorded(Direction::ToMatrix, "$event").await.unwrap());
+});
