@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod appservice_api;
+mod conversations;
 mod demo;
 mod durability;
 mod harness;

@@ -11,6 +11,7 @@ Commands, one JSON object per line on stdin:
                                                       -> {"event": "iq_result", "ok", "photo_hash"}
         publishes our vcard-temp vCard (XEP-0054); later presences carry the photo's SHA-1
         (XEP-0153 vcard-temp:x:update), as Conversations and Dino do
+    {"op": "send_raw", "xml": STANZA}                 sends the stanza as given (hostile tests)
     {"op": "quit"}
 Events, one JSON object per line on stdout:
     {"event": "ready", "jid": FULL_JID}
@@ -147,6 +148,8 @@ class Contact(slixmpp.ClientXMPP):
                 emit({"event": "iq_result", "ok": True})
             except slixmpp.exceptions.IqError as e:
                 emit({"event": "iq_result", "ok": False, "condition": e.condition})
+        elif op == "send_raw":
+            self.send_raw(cmd["xml"])
         elif op == "quit":
             self.disconnect()
         else:

@@ -43,6 +43,10 @@ pub(crate) struct Inner {
     /// Portals whose last Matrix event queued behind others: their backlog is checked against
     /// `bridge.max_queued_per_portal` before recording more.
     pub(crate) backlogged: Mutex<HashSet<String>>,
+    /// Per account, the archive id of the last message recorded (see `note_archive_id`).
+    pub(crate) archive_cursors: Mutex<HashMap<String, Cursor>>,
+    /// `room|ghost` of the user's own ghosts known to be in a portal.
+    pub(crate) own_ghost_joined: Mutex<HashSet<String>>,
     /// The task handling XMPP events; it ends after the session manager's shutdown.
     pub(crate) xmpp_events: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Per-key async locks (ghost set-up, portal creation).
@@ -103,6 +107,14 @@ pub enum StartError {
     Store(#[from] store::Error),
 }
 
+/// Where an account's archive catch-up resumes, as last recorded.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    pub(crate) id: String,
+    pub(crate) saved_at: Option<std::time::Instant>,
+    pub(crate) dirty: bool,
+}
+
 impl Bridge {
     /// Wires the parts together.
     pub fn new(
@@ -140,6 +152,8 @@ impl Bridge {
                 roster_names: Mutex::default(),
                 xmpp_events: Mutex::default(),
                 backlogged: Mutex::default(),
+                archive_cursors: Mutex::default(),
+                own_ghost_joined: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),

@@ -295,4 +295,42 @@ impl CredentialSource for StoreCredentials {
     fn rejected<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<Credentials, String>> {
         Box::pin(self.current(account, true))
     }
+
+    fn archive_cursor<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Option<xmpp_core::stanza::ArchiveCursor>> {
+        Box::pin(async move {
+            match self.store.archive_cursor(account).await {
+                Ok(Some(cursor)) => parse_cursor(&cursor),
+                Ok(None) => {
+                    // The first session on an archiving server: no history is imported; the
+                    // next login catches up from now.
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+                    if let Err(e) = self
+                        .store
+                        .set_archive_cursor(account, &format!("since:{now}"))
+                        .await
+                    {
+                        tracing::warn!(user = account, error = %e, "cannot save an archive cursor");
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(user = account, error = %e, "cannot read the archive cursor; no catch-up this time");
+                    None
+                }
+            }
+        })
+    }
+}
+
+/// Reads a stored archive cursor (`id:<archive id>` or `since:<unix ms>`).
+pub(crate) fn parse_cursor(s: &str) -> Option<xmpp_core::stanza::ArchiveCursor> {
+    use xmpp_core::stanza::ArchiveCursor;
+    match s.split_once(':')? {
+        ("id", id) if !id.is_empty() => Some(ArchiveCursor::After(id.to_owned())),
+        ("since", ms) => ms.parse().ok().map(ArchiveCursor::Since),
+        _ => None,
+    }
 }

@@ -253,6 +253,21 @@ pub fn chat_state_is_typing(state: ChatState) -> bool {
     state == ChatState::Composing
 }
 
+/// Whether a message id is one the bridge gives what it sends to XMPP: `mx` and 16 hex
+/// digits (a hash of the Matrix event id), and `-<part>` for a split message.
+pub fn is_bridge_message_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("mx") else {
+        return false;
+    };
+    let (hash, part) = rest.split_once('-').unwrap_or((rest, "0"));
+    hash.len() == 16
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && !part.is_empty()
+        && part.bytes().all(|b| b.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +323,22 @@ mod tests {
             None
         );
         assert_eq!(matrix_to_xmpp_body(&json!({"body": "no type"}), "x"), None);
+    }
+
+    #[test]
+    fn bridge_message_ids_are_recognised() {
+        assert!(is_bridge_message_id("mx0123456789abcdef"));
+        assert!(is_bridge_message_id("mx0123456789abcdef-2"));
+        for other in [
+            "mx",
+            "mxyz",
+            "mx0123456789ABCDEF",
+            "mx0123456789abcdef-",
+            "m1",
+            "mx0123456789abcde",
+        ] {
+            assert!(!is_bridge_message_id(other), "{other}");
+        }
     }
 
     #[test]

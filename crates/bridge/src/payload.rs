@@ -40,6 +40,10 @@ pub(crate) enum ToMatrixKind {
         /// When the bridge received it (unix ms): the message's time when it has no stamp, so
         /// a redelivery after a crash keeps it.
         received: i64,
+        /// The bare JID of the user's own account when the user wrote it (from another of
+        /// their clients: a carbon or the archive); its ghost posts it. Absent: the contact.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        own: Option<String>,
     },
     /// A notice in the portal (an error reply from the contact's server).
     Notice {
@@ -83,8 +87,17 @@ impl ToMatrix {
                 ts,
                 stanza_id,
                 received,
+                own: None,
             },
         )
+    }
+
+    /// The user's own message, written from another of their clients as `own` (bare JID).
+    pub(crate) fn own_message(mut self, own: String) -> Self {
+        if let ToMatrixKind::Message { own: o, .. } = &mut self.kind {
+            *o = Some(own);
+        }
+        self
     }
 
     /// A notice payload.

@@ -313,6 +313,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     if !bridge.finish_xmpp_events(Duration::from_secs(30)).await {
         tracing::warn!("stopped before every XMPP event read was recorded");
     }
+    bridge.save_archive_cursors().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -37,6 +37,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox with fewer indexes",
         include_str!("../../../migrations/sqlite/0003_outbox_fewer_indexes.sql"),
     ),
+    (
+        4,
+        "archive cursor",
+        include_str!("../../../migrations/sqlite/0004_archive_cursor.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -53,6 +58,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "outbox with fewer indexes",
         include_str!("../../../migrations/postgres/0003_outbox_fewer_indexes.sql"),
+    ),
+    (
+        4,
+        "archive cursor",
+        include_str!("../../../migrations/postgres/0004_archive_cursor.sql"),
     ),
 ];
 

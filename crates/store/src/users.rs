@@ -128,6 +128,8 @@ const UPSERT_USER: &str = "INSERT INTO linked_users (matrix_user, jid, server_pr
     connection_state, management_room, created_at, updated_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $6) \
     ON CONFLICT (matrix_user) DO UPDATE SET jid = excluded.jid, \
+    archive_cursor = CASE WHEN linked_users.jid = excluded.jid \
+    THEN linked_users.archive_cursor END, \
     server_profile = excluded.server_profile, connection_state = excluded.connection_state, \
     management_room = excluded.management_room, updated_at = excluded.updated_at";
 const JID_OWNER: &str = "SELECT matrix_user FROM linked_users WHERE jid = $1";
@@ -142,6 +144,8 @@ const SET_STATE: &str =
 const SET_ROOM: &str =
     "UPDATE linked_users SET management_room = $2, updated_at = $3 WHERE matrix_user = $1";
 const DELETE_USER: &str = "DELETE FROM linked_users WHERE matrix_user = $1";
+const GET_CURSOR: &str = "SELECT archive_cursor FROM linked_users WHERE matrix_user = $1";
+const SET_CURSOR: &str = "UPDATE linked_users SET archive_cursor = $2 WHERE matrix_user = $1";
 
 const UPSERT_SECRET: &str = "INSERT INTO user_secrets (matrix_user, slot, key_id, sealed, \
     expires_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -240,6 +244,24 @@ impl Store {
         } else {
             Ok(())
         }
+    }
+
+    /// Where the bridge resumes reading the user's message archive (opaque to the store).
+    pub async fn archive_cursor(&self, matrix_user: &str) -> Result<Option<String>> {
+        on_pool!(self, pool => {
+            let row = sqlx::query(GET_CURSOR).bind(matrix_user)
+                .fetch_optional(pool).await.ctx("read an archive cursor")?;
+            match row {
+                Some(row) => row.opt_text("archive_cursor"),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Saves where the bridge resumes reading the user's message archive.
+    pub async fn set_archive_cursor(&self, matrix_user: &str, cursor: &str) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(SET_CURSOR).bind(matrix_user).bind(cursor)
+            .execute(pool).await.ctx("save an archive cursor").map(|_| ()))
     }
 
     /// Sets (or clears) a user's management room.

@@ -23,7 +23,10 @@ use crate::negotiation::NegotiationConfig;
 use crate::profile::ServerProfile;
 use crate::sasl::{AuthIdentity, Credentials, Mechanism};
 use crate::session::{self, IqError, SessionEnd, SessionEvent, SessionHandle, SessionTimers};
-use crate::stanza::{Iq, Message, Presence, RosterItem, VCard, vcard};
+use crate::stanza::forward::{archive_page_end, archive_query, enable_carbons};
+use crate::stanza::{
+    ArchiveCursor, Iq, Message, Presence, RosterItem, ServerFeatures, VCard, disco, vcard,
+};
 use crate::xml::Element;
 
 /// A boxed future, for the object-safe [`CredentialSource`].
@@ -38,6 +41,13 @@ pub trait CredentialSource: Send + Sync + 'static {
     /// The server rejected the last credentials: return fresh ones (refresh the token), or
     /// `Err` with a message for the user when that is impossible.
     fn rejected<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<Credentials, String>>;
+
+    /// Where to resume reading the account's archive (XEP-0313) after a login on a server that
+    /// keeps one: after the last archived message the caller recorded, or from when it last had
+    /// a session. `None` (the default): no catch-up.
+    fn archive_cursor<'a>(&'a self, _account: &'a str) -> BoxFuture<'a, Option<ArchiveCursor>> {
+        Box::pin(async { None })
+    }
 }
 
 /// Everything needed to log one account in.
@@ -108,6 +118,9 @@ pub enum ManagerEvent {
     State(ConnectionState),
     /// The full roster, read after each login.
     Roster(Vec<RosterItem>),
+    /// What the server offers, found by discovery after each login (standard servers only:
+    /// the Messenger profile offers none of it).
+    Features(ServerFeatures),
     /// A stanza-level event from the session.
     Session(SessionEvent),
 }
@@ -495,6 +508,18 @@ impl SessionManager {
                                 tracing::warn!(account = key, error = %e, "could not read the roster")
                             }
                         }
+                        if account.profile == ServerProfile::Standard {
+                            let features = discover(&handle, key).await;
+                            self.emit(key, ManagerEvent::Features(features.clone()))
+                                .await;
+                            // Before the initial presence: no live message arrives until then
+                            // (RFC 6121 §4.7.2), so the archive's messages come first, in order.
+                            if features.archive
+                                && let Some(cursor) = credentials.archive_cursor(key).await
+                            {
+                                catch_up(&handle, key, cursor).await;
+                            }
+                        }
                         let _ = handle.send(&presence.to_element()).await;
                     });
                     let mut login_done = false;
@@ -594,6 +619,66 @@ impl SessionManager {
         self.emit(key, ManagerEvent::State(ConnectionState::LoggedOut))
             .await;
     }
+}
+
+/// Asks the server and the account what they offer, and turns carbons on when offered. A
+/// server that does not answer offers nothing.
+async fn discover(handle: &SessionHandle, account: &str) -> ServerFeatures {
+    let server = handle.jid().domain().to_owned();
+    let info = |to: Option<Jid>| async move {
+        match handle.iq(Iq::get("", to, disco::info_query())).await {
+            Ok(answer) => disco::features(answer.payload.as_ref()),
+            Err(e) => {
+                tracing::debug!(account, error = %e, "no service discovery answer");
+                Vec::new()
+            }
+        }
+    };
+    let server_features = info(Jid::parse(&server).ok()).await;
+    let account_features = info(None).await;
+    let features = ServerFeatures::from_features(&server_features, &account_features);
+    if features.carbons
+        && let Err(e) = handle.iq(Iq::set("", None, enable_carbons())).await
+    {
+        tracing::warn!(account, error = %e, "the server offers carbons but did not enable them");
+    }
+    tracing::info!(
+        account,
+        carbons = features.carbons,
+        archive = features.archive,
+        "server features"
+    );
+    features
+}
+
+/// The most archive pages read in one catch-up (100 messages each); a larger gap is left to
+/// the next login, and logged.
+const MAX_ARCHIVE_PAGES: u32 = 100;
+
+/// Reads the account's archive from `cursor` on, page by page; the messages arrive as
+/// [`SessionEvent::Archived`] before each page's answer.
+async fn catch_up(handle: &SessionHandle, account: &str, mut cursor: ArchiveCursor) {
+    for page in 1..=MAX_ARCHIVE_PAGES {
+        let query = archive_query(&session::next_id(), &cursor, 100);
+        match handle.iq(Iq::set("", None, query)).await {
+            Ok(answer) => match archive_page_end(answer.payload.as_ref()) {
+                (false, Some(last)) => cursor = ArchiveCursor::After(last),
+                _ => {
+                    tracing::info!(account, pages = page, "caught up with the archive");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(account, error = %e, "could not read the archive; messages sent while the bridge was away may be missing");
+                return;
+            }
+        }
+    }
+    tracing::warn!(
+        account,
+        pages = MAX_ARCHIVE_PAGES,
+        "the archive gap is larger than one catch-up reads; the rest follows at the next login"
+    );
 }
 
 /// Sleeps; returns true when stopped meanwhile.

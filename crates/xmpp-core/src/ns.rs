@@ -30,3 +30,19 @@ pub const VCARD: &str = "vcard-temp";
 pub const PING: &str = "urn:xmpp:ping";
 /// XEP-0172 user nickname.
 pub const NICK: &str = "http://jabber.org/protocol/nick";
+/// XEP-0030 service discovery (information).
+pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// XEP-0280 message carbons.
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0297 stanza forwarding (inside carbons and archive results).
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0313 message archive management.
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0059 result set management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0004 data forms.
+pub const DATA: &str = "jabber:x:data";
+/// XEP-0359 unique and stable stanza ids.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0334 message processing hints.
+pub const HINTS: &str = "urn:xmpp:hints";

@@ -20,7 +20,8 @@ use crate::jid::Jid;
 use crate::manager::{AccountEvent, ManagerEvent};
 use crate::ns;
 use crate::stanza::{
-    Iq, IqType, Message, Presence, PresenceType, RosterItem, StanzaError, StreamError, roster,
+    CarbonKind, Forwarded, Iq, IqType, Message, Presence, PresenceType, RosterItem, StanzaError,
+    StreamError, roster,
 };
 use crate::xml::{self, Element, SkippedStanza, StreamEvent, StreamParser, XmlError};
 
@@ -58,6 +59,22 @@ pub enum SessionEvent {
     Presence(Presence),
     /// A roster push (RFC 6121 §2.1.6): items added, changed or removed.
     RosterPush(Vec<RosterItem>),
+    /// A copy of a message the account sent or received on another of its clients (XEP-0280),
+    /// from the account's own server.
+    Carbon {
+        /// Sent or received by the account.
+        kind: CarbonKind,
+        /// The original message.
+        message: Message,
+    },
+    /// A message from the account's archive (XEP-0313): the catch-up after a login, oldest
+    /// first, before any live message.
+    Archived {
+        /// The archive's id for it.
+        archive_id: String,
+        /// The original message, its original time in `delay`.
+        message: Message,
+    },
     /// A stanza that could not be understood; the session goes on.
     Invalid {
         /// What was wrong.
@@ -497,10 +514,32 @@ impl Driver {
         }
         // Typed stanzas take the element by value: bodies and IQ payloads are moved, not copied.
         match el.name() {
-            "message" => match Message::try_from(el) {
-                Ok(m) => self.emit(SessionEvent::Message(m)).await,
-                Err(e) => self.invalid(e.to_string()).await,
-            },
+            "message" => {
+                if let Some(forwarded) = Forwarded::parse(&el, &self.jid) {
+                    match forwarded {
+                        Ok(Forwarded::Carbon { kind, message }) => {
+                            self.emit(SessionEvent::Carbon { kind, message }).await;
+                        }
+                        Ok(Forwarded::Archived {
+                            archive_id,
+                            message,
+                            ..
+                        }) => {
+                            self.emit(SessionEvent::Archived {
+                                archive_id,
+                                message,
+                            })
+                            .await;
+                        }
+                        Err(e) => self.invalid(e.to_string()).await,
+                    }
+                    return Ok(());
+                }
+                match Message::try_from(el) {
+                    Ok(m) => self.emit(SessionEvent::Message(m)).await,
+                    Err(e) => self.invalid(e.to_string()).await,
+                }
+            }
             "presence" => match Presence::try_from(el) {
                 Ok(p) if p.kind == PresenceType::Probe => {
                     tracing::debug!(account = %self.account, "ignoring a presence probe");

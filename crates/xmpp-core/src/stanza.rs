@@ -6,7 +6,9 @@
 
 pub mod chatstates;
 pub mod delay;
+pub mod disco;
 pub mod error;
+pub mod forward;
 pub mod iq;
 pub mod message;
 pub mod presence;
@@ -15,7 +17,9 @@ pub mod vcard;
 
 pub use chatstates::ChatState;
 pub use delay::Delay;
+pub use disco::ServerFeatures;
 pub use error::{StanzaError, StreamError};
+pub use forward::{ArchiveCursor, CarbonKind, Forwarded};
 pub use iq::{Iq, IqType};
 pub use message::{Message, MessageType};
 pub use presence::{Presence, PresenceType, Show};

@@ -134,9 +134,21 @@ impl Bridge {
         let in_room = |e| (e, Some(room.clone()));
         match &payload.kind {
             ToMatrixKind::Message {
-                body, stanza_id, ..
+                body,
+                stanza_id,
+                own,
+                ..
             } => {
                 let ts = payload.origin_ts();
+                // The user's own message from another client: their own account's ghost posts
+                // it (with double puppeting it would be the user themselves).
+                let sender = match own {
+                    Some(own) => self
+                        .own_ghost_in(&payload.user, own, &ghost, &room)
+                        .await
+                        .map_err(in_room)?,
+                    None => ghost.clone(),
+                };
                 let parts = mapping::split_text(body, MAX_MATRIX_BODY);
                 let mut last_event = None;
                 // A retry may follow an attempt the homeserver did accept (its answer was lost,
@@ -173,7 +185,7 @@ impl Bridge {
                     let event = self
                         .inner
                         .matrix
-                        .send_message(&ghost, &room, &txn, raw(&content), "m.room.message", ts)
+                        .send_message(&sender, &room, &txn, raw(&content), "m.room.message", ts)
                         .await
                         .map_err(in_room)?;
                     *remote += t.elapsed();
@@ -186,9 +198,11 @@ impl Bridge {
                     _ => None,
                 };
                 // A message ends typing (XEP-0085 §5.3), if the ghost was shown typing.
-                let t = Instant::now();
-                self.end_ghost_typing(&ghost, &room).await;
-                *remote += t.elapsed();
+                if own.is_none() {
+                    let t = Instant::now();
+                    self.end_ghost_typing(&ghost, &room).await;
+                    *remote += t.elapsed();
+                }
                 Ok(mapping)
             }
             ToMatrixKind::Notice { text } => {
@@ -202,6 +216,44 @@ impl Bridge {
                 Ok(None)
             }
         }
+    }
+}
+
+impl Bridge {
+    /// The ghost of the user's own XMPP account (`own`), made a member of the portal `room` by
+    /// the contact's `ghost` the first time it posts there.
+    async fn own_ghost_in(
+        &self,
+        user: &str,
+        own: &str,
+        ghost: &ruma::UserId,
+        room: &ruma::RoomId,
+    ) -> Result<ruma::OwnedUserId, MatrixError> {
+        let own = Jid::parse(own).map_err(|e| MatrixError::Invalid {
+            what: "an outbox item",
+            reason: e.to_string(),
+        })?;
+        let me = self.ensure_ghost(user, &own, false).await?;
+        let key = format!("{room}|{me}");
+        let known = self
+            .inner
+            .own_ghost_joined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&key);
+        if !known {
+            // Already invited or joined (an earlier run): the invite fails, the join succeeds.
+            if let Err(e) = self.inner.matrix.invite(ghost, room, &me).await {
+                tracing::debug!(%room, error = %e, "invite of the user's own ghost");
+            }
+            self.inner.matrix.join(&me, room).await?;
+            self.inner
+                .own_ghost_joined
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key);
+        }
+        Ok(me)
     }
 }
 

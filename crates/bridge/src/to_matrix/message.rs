@@ -47,7 +47,7 @@ impl Bridge {
             }
             MessageType::Chat | MessageType::Normal => {}
         }
-        let body = m.body.filter(|b| !b.is_empty());
+        let body = m.body.clone().filter(|b| !b.is_empty());
         let Some(body) = body else {
             // A chat state alone (XEP-0085): the ghost's typing, sent only when it changes.
             if let Some(state) = m.chat_state {
@@ -56,22 +56,236 @@ impl Bridge {
             }
             return;
         };
-        // Recorded before anything else is done with it: the store is the only place a
-        // received stanza lives. Its delivery ends the ghost's typing (XEP-0085 §5.3).
+        let archive_id = self.own_archive_id(account, &m);
+        self.record_chat(
+            account, &from, None, body, &m, archive_id, received, arrived,
+        )
+        .await;
+    }
+
+    /// A carbon (XEP-0280): what the user wrote from another client is shown as their own
+    /// account's ghost; what they received there, as any message from the contact (once: the
+    /// dedupe key is the same as for the copy this client may also get).
+    pub(crate) async fn on_carbon(
+        &self,
+        account: &str,
+        kind: xmpp_core::stanza::CarbonKind,
+        m: Message,
+        received: i64,
+        arrived: Instant,
+    ) {
+        use xmpp_core::stanza::CarbonKind;
+        match kind {
+            CarbonKind::Received => self.on_xmpp_message(account, m, received, arrived).await,
+            CarbonKind::Sent => {
+                let archive_id = self.own_archive_id(account, &m);
+                self.on_own_message(account, m, archive_id, received, arrived)
+                    .await;
+            }
+        }
+    }
+
+    /// A message from the user's archive (XEP-0313), read after a login: the user's own are
+    /// shown as their own account's ghost, the contacts' as the contacts, with their original
+    /// time.
+    pub(crate) async fn on_archived(
+        &self,
+        account: &str,
+        archive_id: String,
+        m: Message,
+        received: i64,
+        arrived: Instant,
+    ) {
+        let own = self.inner.xmpp.session(account).map(|h| h.jid().to_bare());
+        let from_user = match (&own, &m.from) {
+            (Some(own), Some(from)) => from.bare_eq(own),
+            _ => false,
+        };
+        if from_user {
+            self.on_own_message(account, m, Some(archive_id), received, arrived)
+                .await;
+            return;
+        }
+        let (Some(from), Some(body)) = (
+            m.from.as_ref().map(Jid::to_bare),
+            m.body.clone().filter(|b| !b.is_empty()),
+        ) else {
+            self.note_archive_id(account, &archive_id).await;
+            return;
+        };
+        if !matches!(m.kind, MessageType::Chat | MessageType::Normal) {
+            self.note_archive_id(account, &archive_id).await;
+            return;
+        }
+        self.record_chat(
+            account,
+            &from,
+            None,
+            body,
+            &m,
+            Some(archive_id),
+            received,
+            arrived,
+        )
+        .await;
+    }
+
+    /// The user's own message to a contact, written from another client.
+    async fn on_own_message(
+        &self,
+        account: &str,
+        m: Message,
+        archive_id: Option<String>,
+        received: i64,
+        arrived: Instant,
+    ) {
+        let own = self.inner.xmpp.session(account).map(|h| h.jid().to_bare());
+        let (Some(own), Some(to), Some(body)) = (
+            own,
+            m.to.as_ref().map(Jid::to_bare),
+            m.body.clone().filter(|b| !b.is_empty()),
+        ) else {
+            if let Some(id) = &archive_id {
+                self.note_archive_id(account, id).await;
+            }
+            return;
+        };
+        let sent_by_bridge = [&m.origin_id, &m.id]
+            .into_iter()
+            .flatten()
+            .any(|id| mapping::is_bridge_message_id(id));
+        if !matches!(m.kind, MessageType::Chat | MessageType::Normal)
+            || to.bare_eq(&own)
+            || sent_by_bridge
+        {
+            // The bridge's own sends come back from the archive: they are in the portal already.
+            if let Some(id) = &archive_id {
+                self.note_archive_id(account, id).await;
+            }
+            return;
+        }
+        self.record_chat(
+            account,
+            &to,
+            Some(&own),
+            body,
+            &m,
+            archive_id,
+            received,
+            arrived,
+        )
+        .await;
+    }
+
+    /// The archive id the user's own server gave a live message (XEP-0359), if it keeps an
+    /// archive.
+    fn own_archive_id(&self, account: &str, m: &Message) -> Option<String> {
+        let own = self.inner.xmpp.session(account)?.jid().to_bare();
+        m.stanza_id_by(&own).map(str::to_owned)
+    }
+
+    /// Records a chat message with `contact` (from them, or from the user's `own` account) for
+    /// the portal. Every copy of one message (live, carbon, offline, archive) gets the same
+    /// dedupe key: the sender's id with the body's hash; without an id, the archive's id.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_chat(
+        &self,
+        account: &str,
+        contact: &Jid,
+        own: Option<&Jid>,
+        body: String,
+        m: &Message,
+        archive_id: Option<String>,
+        received: i64,
+        arrived: Instant,
+    ) {
+        let contact = contact.to_string();
         let ts = m.delay.as_ref().map(xmpp_core::stanza::Delay::unix_millis);
         // With the body's hash: a resend (same id, same text) is caught, while a client that
         // reuses ids (RFC 6120 only says SHOULD be unique) loses no different message.
-        let dedupe = match &m.id {
-            Some(id) => format!("{account}|{contact}|{id}|{}", short_hash(&body)),
-            None => format!(
-                "{account}|{contact}|{}|{}",
+        let side = if own.is_some() { "out|" } else { "" };
+        let dedupe = match (&m.id, &archive_id) {
+            (Some(id), _) => format!("{account}|{side}{contact}|{id}|{}", short_hash(&body)),
+            (None, Some(aid)) => format!("{account}|{side}{contact}|archive:{aid}"),
+            (None, None) => format!(
+                "{account}|{side}{contact}|{}|{}",
                 short_hash(&body),
                 ts.unwrap_or(received)
             ),
         };
-        let payload = ToMatrix::message(account, &contact, body, ts, m.id, received);
+        let mut payload = ToMatrix::message(account, &contact, body, ts, m.id.clone(), received);
+        if let Some(own) = own {
+            payload = payload.own_message(own.to_string());
+        }
         self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
             .await;
+        if let Some(id) = archive_id {
+            self.note_archive_id(account, &id).await;
+        }
+    }
+
+    /// Remembers the archive id of the last message recorded, where the next login's catch-up
+    /// resumes. Saved at most every 2 s per account (and at a graceful stop): a crash loses at
+    /// most that much progress, and what is read twice is dropped by the dedupe keys.
+    pub(crate) async fn note_archive_id(&self, account: &str, id: &str) {
+        let save = {
+            let mut cursors = self
+                .inner
+                .archive_cursors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry =
+                cursors
+                    .entry(account.to_owned())
+                    .or_insert_with(|| crate::context::Cursor {
+                        id: String::new(),
+                        saved_at: None,
+                        dirty: false,
+                    });
+            entry.id = id.to_owned();
+            entry.dirty = true;
+            let due = entry
+                .saved_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+            if due {
+                entry.saved_at = Some(Instant::now());
+                entry.dirty = false;
+            }
+            due
+        };
+        if save {
+            self.save_archive_cursor(account, id).await;
+        }
+    }
+
+    async fn save_archive_cursor(&self, account: &str, id: &str) {
+        if let Err(e) = self
+            .inner
+            .store
+            .set_archive_cursor(account, &format!("id:{id}"))
+            .await
+        {
+            tracing::warn!(user = %account, error = %e, "cannot save the archive cursor");
+        }
+    }
+
+    /// Saves every archive cursor not saved yet (at a graceful stop).
+    pub async fn save_archive_cursors(&self) {
+        let dirty: Vec<(String, String)> = self
+            .inner
+            .archive_cursors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter_mut()
+            .filter(|(_, c)| c.dirty)
+            .map(|(account, c)| {
+                c.dirty = false;
+                (account.clone(), c.id.clone())
+            })
+            .collect();
+        for (account, id) in dirty {
+            self.save_archive_cursor(&account, &id).await;
+        }
     }
 
     /// Records a stanza for delivery to Matrix, retrying until the store has it, and starts

@@ -93,6 +93,19 @@ impl Bridge {
             ManagerEvent::Session(SessionEvent::Message(m)) => {
                 self.on_xmpp_message(account, m, at_ms, at).await;
             }
+            ManagerEvent::Session(SessionEvent::Carbon { kind, message }) => {
+                self.on_carbon(account, kind, message, at_ms, at).await;
+            }
+            ManagerEvent::Session(SessionEvent::Archived {
+                archive_id,
+                message,
+            }) => {
+                self.on_archived(account, archive_id, message, at_ms, at)
+                    .await;
+            }
+            ManagerEvent::Features(features) => {
+                tracing::debug!(user = %account, ?features, "what the XMPP server offers");
+            }
             ManagerEvent::Session(SessionEvent::Presence(p)) => {
                 self.on_xmpp_presence(account, p).await;
             }

@@ -60,6 +60,9 @@ pub(super) async fn on_message(
         } else {
             format!("{base_id}-{i}")
         });
+        // XEP-0359: servers keep the origin id through carbons and the archive, which is how
+        // the bridge knows its own messages there.
+        message.origin_id.clone_from(&message.id);
         message.chat_state = Some(ChatState::Active);
         match inner.xmpp.send_message(sender, &message).await {
             Ok(()) => {}

@@ -242,3 +242,33 @@ scenario!(
         assert_eq!(s.outbox_backlog(Direction::ToMatrix).await.unwrap(), 0);
     }
 );
+
+scenario!(
+    archive_cursor_is_kept_per_user_and_cleared_for_another_account,
+    |db| {
+        let s = &db.store;
+        s.upsert_linked_user(&user("@a:x", "a@xmpp")).await.unwrap();
+        assert_eq!(s.archive_cursor("@a:x").await.unwrap(), None);
+        s.set_archive_cursor("@a:x", "id:42").await.unwrap();
+        let again = db.reopen(keyring()).await.unwrap();
+        assert_eq!(
+            again.archive_cursor("@a:x").await.unwrap().as_deref(),
+            Some("id:42")
+        );
+        // Relinking the same account keeps it; linking another account's archive forgets it.
+        again
+            .upsert_linked_user(&user("@a:x", "a@xmpp"))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.archive_cursor("@a:x").await.unwrap().as_deref(),
+            Some("id:42")
+        );
+        again
+            .upsert_linked_user(&user("@a:x", "other@xmpp"))
+            .await
+            .unwrap();
+        assert_eq!(again.archive_cursor("@a:x").await.unwrap(), None);
+        assert_eq!(again.archive_cursor("@nobody:x").await.unwrap(), None);
+    }
+);

@@ -71,9 +71,24 @@ pub struct Message {
     pub delay: Option<Delay>,
     /// The error, for `type='error'`.
     pub error: Option<StanzaError>,
+    /// XEP-0359 `<stanza-id/>`s: (`by`, `id`), as given; only the one `by` the account's own bare
+    /// JID (its archive) is to be trusted, which the receiver checks.
+    pub stanza_ids: Vec<(String, String)>,
+    /// XEP-0359 `<origin-id/>`: the sender's own id for the message.
+    pub origin_id: Option<String>,
 }
 
 impl Message {
+    /// The archive id the account's own server gave this message (XEP-0359 `stanza-id` with
+    /// `by` = `own`, the account's bare JID).
+    pub fn stanza_id_by(&self, own: &Jid) -> Option<&str> {
+        let own = own.to_bare().to_string();
+        self.stanza_ids
+            .iter()
+            .find(|(by, _)| by.eq_ignore_ascii_case(&own))
+            .map(|(_, id)| id.as_str())
+    }
+
     /// A `type='chat'` message with a body.
     pub fn chat(to: Jid, body: impl Into<String>) -> Self {
         Self {
@@ -86,6 +101,8 @@ impl Message {
             chat_state: None,
             delay: None,
             error: None,
+            stanza_ids: Vec::new(),
+            origin_id: None,
         }
     }
 
@@ -134,6 +151,15 @@ impl Message {
             } else {
                 None
             },
+            stanza_ids: el
+                .children()
+                .filter(|c| c.is("stanza-id", ns::SID))
+                .filter_map(|c| Some((c.attr("by")?.to_owned(), c.attr("id")?.to_owned())))
+                .collect(),
+            origin_id: el
+                .child("origin-id", ns::SID)
+                .and_then(|c| c.attr("id"))
+                .map(str::to_owned),
         };
         Ok((message, body))
     }
@@ -159,6 +185,16 @@ impl Message {
         }
         if let Some(e) = &self.error {
             el.push_child(e.to_element());
+        }
+        for (by, id) in &self.stanza_ids {
+            el.push_child(
+                Element::new("stanza-id", ns::SID)
+                    .with_attr("by", by.clone())
+                    .with_attr("id", id.clone()),
+            );
+        }
+        if let Some(id) = &self.origin_id {
+            el.push_child(Element::new("origin-id", ns::SID).with_attr("id", id.clone()));
         }
         el
     }

@@ -1,0 +1,222 @@
+//! Whole conversations on a standard XMPP server (the stack's Prosody host with carbons and an
+//! archive), where the user also has a phone: what they write there shows in the portal, what
+//! contacts write while the bridge is down arrives from the archive in order with its time, and
+//! a contact cannot forge the user's messages with a fake carbon.
+
+use std::time::Duration;
+
+use ruma::{OwnedRoomId, UserId};
+use serde_json::json;
+use testkit::{ContactLogin, StackEnv, XmppContact};
+
+use crate::harness::*;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn ghost_of(env: &StackEnv, who: &str) -> ruma::OwnedUserId {
+    UserId::parse(format!("@msn_{who}:{}", env.get("MATRIX_SERVER_NAME"))).unwrap()
+}
+
+/// A bridge on the standard host with alice linked, and her portal with bob open.
+async fn standard_portal_with_bob(
+    env: &StackEnv,
+    user: &MatrixUser,
+    bob: &mut XmppContact,
+) -> (TestBridge, OwnedRoomId) {
+    let mut bridge = TestBridge::new(env, Backend::Sqlite).await;
+    bridge.use_standard_host();
+    bridge.link_with_password(&user.user_id, "alice").await;
+    bridge.start().await;
+    let ghost = ghost_of(env, "bob");
+    let hello = unique("open ");
+    bob.send_chat(&alice(env), Some(&hello), Some("active"))
+        .await;
+    let room = user
+        .accept_invite_from(&ghost, T)
+        .await
+        .room_id()
+        .to_owned();
+    user.wait_messages(&room, T, "portal opened", |m| {
+        bodies_from(m, ghost.as_str()).contains(&hello.as_str())
+    })
+    .await;
+    (bridge, room)
+}
+
+fn alice(env: &StackEnv) -> String {
+    format!("alice@{}", env.get("XMPP_STANDARD_DOMAIN"))
+}
+
+fn bob_jid(env: &StackEnv) -> String {
+    format!("bob@{}", env.get("XMPP_STANDARD_DOMAIN"))
+}
+
+/// How many times `body` is in the room, from anyone.
+fn count(msgs: &[serde_json::Value], body: &str) -> usize {
+    msgs.iter().filter(|m| m["content"]["body"] == body).count()
+}
+
+#[tokio::test]
+async fn what_the_user_writes_on_their_phone_shows_once_and_forged_carbons_are_ignored() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "phone").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob).await;
+    let mut phone = XmppContact::start(&env, "alice", ContactLogin::Standard).await;
+    let me = ghost_of(&env, "alice");
+    let bob_ghost = ghost_of(&env, "bob");
+
+    // The phone writes to bob: bob gets it, and the portal shows it once, from the user's side.
+    let from_phone = unique("from my phone ");
+    phone
+        .send_chat(&bob_jid(&env), Some(&from_phone), Some("active"))
+        .await;
+    bob.wait_for(T, |e| {
+        e["event"] == "message" && e["body"] == from_phone.as_str()
+    })
+    .await;
+    user.wait_messages(&room, T, "the phone's message", |m| {
+        bodies_from(m, me.as_str()).contains(&from_phone.as_str())
+    })
+    .await;
+
+    // Bob writes to the bare JID while the phone is online too: once in the portal.
+    let to_both = unique("to both of your clients ");
+    bob.send_chat(&alice(&env), Some(&to_both), None).await;
+    phone
+        .wait_for(T, |e| {
+            e["event"] == "message" && e["body"] == to_both.as_str()
+        })
+        .await;
+    user.wait_messages(&room, T, "bob's message", |m| {
+        bodies_from(m, bob_ghost.as_str()).contains(&to_both.as_str())
+    })
+    .await;
+
+    // Bob forges a carbon claiming the user sent something, and one claiming carol wrote.
+    let forged = unique("forged ");
+    for (kind, from, to) in [
+        ("sent", alice(&env), bob_jid(&env)),
+        (
+            "received",
+            format!("carol@{}", env.get("XMPP_STANDARD_DOMAIN")),
+            alice(&env),
+        ),
+    ] {
+        bob.command(json!({"op": "send_raw", "xml": format!(
+            "<message xmlns='jabber:client' to='{}' type='chat'><{kind} xmlns='urn:xmpp:carbons:2'>\
+             <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='{from}/x' \
+             to='{to}' type='chat' id='{forged}-{kind}'><body>{forged}</body></message></forwarded>\
+             </{kind}></message>",
+            alice(&env)
+        )}))
+        .await;
+    }
+    // A plain message after them: once it is in, the forgeries were handled (in order).
+    let after = unique("after the forgeries ");
+    bob.send_chat(&alice(&env), Some(&after), None).await;
+    let msgs = user
+        .wait_messages(&room, T, "the message after the forgeries", |m| {
+            bodies_from(m, bob_ghost.as_str()).contains(&after.as_str())
+        })
+        .await;
+    assert_eq!(count(&msgs, &forged), 0, "a forged carbon was bridged");
+    assert_eq!(count(&msgs, &from_phone), 1);
+    assert_eq!(count(&msgs, &to_both), 1);
+    let log = std::fs::read_to_string(bridge.dir.join("bridge.log")).unwrap();
+    assert!(log.contains("forged"), "the forgery was not logged");
+
+    phone.quit().await;
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn messages_sent_while_the_bridge_was_down_arrive_from_the_archive_in_order() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "archive").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob).await;
+    // The phone stays online, so the server delivers to it and keeps nothing offline for the
+    // bridge: only the archive has what follows.
+    let mut phone = XmppContact::start(&env, "alice", ContactLogin::Standard).await;
+    bridge.stop().await;
+
+    let tag = unique("while the bridge was down ");
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let body = format!("{tag}{i}");
+        sent.push((body.clone(), now_ms()));
+        bob.send_chat(&alice(&env), Some(&body), Some("active"))
+            .await;
+        phone
+            .wait_for(T, |e| e["event"] == "message" && e["body"] == body.as_str())
+            .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let mine = unique("my answer from the phone ");
+    phone.send_chat(&bob_jid(&env), Some(&mine), None).await;
+    bob.wait_for(T, |e| e["event"] == "message" && e["body"] == mine.as_str())
+        .await;
+
+    bridge.start().await;
+    let bob_ghost = ghost_of(&env, "bob");
+    let me = ghost_of(&env, "alice");
+    let msgs = user
+        .wait_messages(
+            &room,
+            Duration::from_secs(60),
+            "the archived messages",
+            |m| {
+                let got = bodies_from(m, bob_ghost.as_str());
+                sent.iter().all(|(b, _)| got.contains(&b.as_str()))
+                    && bodies_from(m, me.as_str()).contains(&mine.as_str())
+            },
+        )
+        .await;
+    let from_bob: Vec<&serde_json::Value> = msgs
+        .iter()
+        .filter(|m| m["sender"] == bob_ghost.as_str())
+        .filter(|m| {
+            m["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with(&tag))
+        })
+        .collect();
+    let order: Vec<&str> = from_bob
+        .iter()
+        .map(|m| m["content"]["body"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = sent.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(order, want, "each once, in order");
+    for (event, (_, at)) in from_bob.iter().zip(&sent) {
+        let ts = event["origin_server_ts"].as_i64().unwrap();
+        assert!((ts - at).abs() <= 3_000, "sent at {at}, shown at {ts}");
+    }
+
+    // A restart reads the archive again from where it stopped: nothing comes twice.
+    bridge.stop().await;
+    bridge.start().await;
+    let check = unique("after the second restart ");
+    bob.send_chat(&alice(&env), Some(&check), None).await;
+    let msgs = user
+        .wait_messages(&room, T, "a live message after the restart", |m| {
+            bodies_from(m, bob_ghost.as_str()).contains(&check.as_str())
+        })
+        .await;
+    for (body, _) in &sent {
+        assert_eq!(count(&msgs, body), 1, "{body} twice");
+    }
+    assert_eq!(count(&msgs, &mine), 1);
+
+    phone.quit().await;
+    bob.quit().await;
+    bridge.stop().await;
+}
