@@ -1,5 +1,6 @@
 //! Whole conversations on a standard XMPP server (the stack's Prosody host with carbons and an
-//! archive), where the user also has a phone: what they write there shows in the portal, what
+//! archive), where the user also has a phone: what they write there shows in the portal (as
+//! the user with double puppeting, else as their XMPP account's ghost), what
 //! contacts write while the bridge is down arrives from the archive in order with its time, and
 //! a contact cannot forge the user's messages with a fake carbon.
 
@@ -27,9 +28,13 @@ async fn standard_portal_with_bob(
     env: &StackEnv,
     user: &MatrixUser,
     bob: &mut XmppContact,
+    double_puppet: bool,
 ) -> (TestBridge, OwnedRoomId) {
     let mut bridge = TestBridge::new(env, Backend::Sqlite).await;
     bridge.use_standard_host();
+    if double_puppet {
+        bridge.use_double_puppeting();
+    }
     bridge.link_with_password(&user.user_id, "alice").await;
     bridge.start().await;
     let ghost = ghost_of(env, "bob");
@@ -67,12 +72,14 @@ async fn what_the_user_writes_on_their_phone_shows_once_and_forged_carbons_are_i
     let env = StackEnv::load();
     let user = MatrixUser::new(&env, "phone").await;
     let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
-    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob, true).await;
     let mut phone = XmppContact::start(&env, "alice", ContactLogin::Standard).await;
-    let me = ghost_of(&env, "alice");
+    // Double puppeting: the user's own Matrix account.
+    let me = user.user_id.clone();
     let bob_ghost = ghost_of(&env, "bob");
 
-    // The phone writes to bob: bob gets it, and the portal shows it once, from the user's side.
+    // The phone writes to bob: bob gets it, and the portal shows it once, as the user
+    // (double puppeting), and it is not sent back to bob.
     let from_phone = unique("from my phone ");
     phone
         .send_chat(&bob_jid(&env), Some(&from_phone), Some("active"))
@@ -129,6 +136,11 @@ async fn what_the_user_writes_on_their_phone_shows_once_and_forged_carbons_are_i
     assert_eq!(count(&msgs, &forged), 0, "a forged carbon was bridged");
     assert_eq!(count(&msgs, &from_phone), 1);
     assert_eq!(count(&msgs, &to_both), 1);
+    let echoes = bob.drain(Duration::from_secs(2)).await;
+    assert!(
+        !echoes.iter().any(|e| e["body"] == from_phone.as_str()),
+        "the phone's message went to bob a second time (the double puppet's echo)"
+    );
     let log = std::fs::read_to_string(bridge.dir.join("bridge.log")).unwrap();
     assert!(log.contains("forged"), "the forgery was not logged");
 
@@ -143,7 +155,7 @@ async fn messages_sent_while_the_bridge_was_down_arrive_from_the_archive_in_orde
     let env = StackEnv::load();
     let user = MatrixUser::new(&env, "archive").await;
     let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
-    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob, false).await;
     // The phone stays online, so the server delivers to it and keeps nothing offline for the
     // bridge: only the archive has what follows.
     let mut phone = XmppContact::start(&env, "alice", ContactLogin::Standard).await;
@@ -217,6 +229,53 @@ async fn messages_sent_while_the_bridge_was_down_arrive_from_the_archive_in_orde
     assert_eq!(count(&msgs, &mine), 1);
 
     phone.quit().await;
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+/// On a server with an archive, even `kill -9` loses nothing: what the bridge had read but not
+/// recorded, and what came while it was dead, is in the archive, and the next login reads it
+/// from the last message recorded. Three kills during an unpaced 100-message burst.
+#[tokio::test]
+async fn kill_9_three_times_in_an_unpaced_burst_loses_and_duplicates_nothing() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "kill9").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob, false).await;
+    let tag = unique("k");
+    let n = 100;
+    for i in 0..n {
+        bob.send_chat(&alice(&env), Some(&format!("{tag} {i:03}")), Some("active"))
+            .await;
+    }
+    for pause in [100, 400, 50] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        bridge.kill().await;
+        bridge.start().await;
+    }
+    let ghost = ghost_of(&env, "bob");
+    user.wait_messages(&room, Duration::from_secs(120), "the whole burst", |m| {
+        bodies_from(m, ghost.as_str())
+            .iter()
+            .filter(|b| b.starts_with(&tag))
+            .count()
+            >= n
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let msgs = user.messages(&room).await;
+    let got: Vec<&str> = bodies_from(&msgs, ghost.as_str())
+        .into_iter()
+        .filter(|b| b.starts_with(&tag))
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("{tag} {i:03}")).collect();
+    assert_eq!(
+        got,
+        want,
+        "every message once, in order\n{}",
+        bridge.log_tail()
+    );
     bob.quit().await;
     bridge.stop().await;
 }

@@ -137,10 +137,18 @@ async fn generated_registration_loads_in_synapse() {
         .arg("-c")
         .arg(&config)
         .arg("generate-registration")
-        .status()
+        .arg("--double-puppet")
+        .output()
         .await
         .unwrap();
-    assert!(status.success());
+    assert!(status.status.success());
+    let printed = String::from_utf8_lossy(&status.stdout);
+    let dp_token = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("set appservice.double_puppet_token: "))
+        .expect("the double-puppet token is printed");
+    let dp = std::fs::read_to_string(dir.join("doublepuppet.yaml")).unwrap();
+    assert!(dp.contains(&format!("as_token: \"{dp_token}\"")), "{dp}");
     // Synapse's own loader, from the stack's Synapse.
     let python = std::path::Path::new(env.get("STACK_DIR")).join("synapse-venv/bin/python");
     let code = "import sys\nfrom synapse.config.appservice import load_appservices\n\
@@ -165,5 +173,27 @@ async fn generated_registration_loads_in_synapse() {
             env.get("MATRIX_SERVER_NAME")
         ),
         "{printed}"
+    );
+    // The double-puppet registration: interested in every local user, exclusively in none.
+    let code = "import sys\nfrom synapse.config.appservice import load_appservices\n\
+                s = load_appservices(sys.argv[1], [sys.argv[2]])[0]\n\
+                print(s.id, s.url, s.is_interested_in_user('@anyone:' + sys.argv[1]), \
+                s.is_exclusive_user('@anyone:' + sys.argv[1]))";
+    let out = tokio::process::Command::new(
+        std::path::Path::new(env.get("STACK_DIR")).join("synapse-venv/bin/python"),
+    )
+    .args(["-c", code, env.get("MATRIX_SERVER_NAME")])
+    .arg(dir.join("doublepuppet.yaml"))
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "Synapse cannot load the double-puppet registration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "messenger-bridge-doublepuppet None True False"
     );
 }

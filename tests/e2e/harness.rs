@@ -130,6 +130,20 @@ impl TestBridge {
         self.xmpp_domain = standard;
     }
 
+    /// Turns double puppeting on with the stack's second registration (its token).
+    pub(crate) fn use_double_puppeting(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen(
+            "appservice:\n",
+            &format!(
+                "appservice:\n  double_puppet_token: {}\n",
+                self.env.get("DOUBLE_PUPPET_TOKEN")
+            ),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Replaces (or adds) `key: value` in the `xmpp:` section of the config.
     pub(crate) fn configure_xmpp(&self, key: &str, value: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

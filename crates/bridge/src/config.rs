@@ -77,6 +77,12 @@ pub struct AppserviceConfig {
     /// connections (a Prometheus on the same host).
     #[serde(default)]
     pub metrics_token: Option<String>,
+    /// The `as_token` of a second registration whose non-exclusive namespace covers the
+    /// homeserver's local users (`generate-registration --double-puppet` writes it): the bridge
+    /// then posts what a user wrote from another XMPP client as that user. Without it, their
+    /// own XMPP account's ghost posts it.
+    #[serde(default)]
+    pub double_puppet_token: Option<String>,
 }
 
 /// The XMPP service.
@@ -313,6 +319,10 @@ impl std::fmt::Debug for AppserviceConfig {
             .field(
                 "metrics_token",
                 &self.metrics_token.as_deref().map(redacted),
+            )
+            .field(
+                "double_puppet_token",
+                &self.double_puppet_token.as_deref().map(redacted),
             )
             .finish_non_exhaustive()
     }

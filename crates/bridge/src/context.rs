@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// Portals whose last Matrix event queued behind others: their backlog is checked against
     /// `bridge.max_queued_per_portal` before recording more.
     pub(crate) backlogged: Mutex<HashSet<String>>,
+    /// The homeserver as the double-puppet appservice (`appservice.double_puppet_token`).
+    pub(crate) double_puppet: Option<MatrixClient>,
     /// Per account, the archive id of the last message recorded (see `note_archive_id`).
     pub(crate) archive_cursors: Mutex<HashMap<String, Cursor>>,
     /// `room|ghost` of the user's own ghosts known to be in a portal.
@@ -136,11 +138,18 @@ impl Bridge {
             },
         )?;
         let ghosts = GhostNames::new(&config.appservice.ghost_prefix, server, &config.xmpp.domain);
+        let double_puppet = config
+            .appservice
+            .double_puppet_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| matrix.with_token(t, "messenger-bridge-doublepuppet"));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 matrix,
+                double_puppet,
                 xmpp,
                 credentials,
                 ghosts,

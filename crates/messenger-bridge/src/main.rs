@@ -26,8 +26,11 @@ commands:
   check-config              report every problem in the configuration, then exit
   check-xmpp                connect to the configured XMPP server (TLS and login offer, no
                             real credentials) and say whether its certificate is trusted
-  generate-registration [-o registration.yaml] [--force]
-                            write the appservice registration for the homeserver (new tokens)
+  generate-registration [-o registration.yaml] [--force] [--double-puppet]
+                            write the appservice registration for the homeserver (new tokens);
+                            --double-puppet also writes doublepuppet.yaml beside it (a second
+                            registration, so that what users write from other XMPP clients is
+                            posted as them) and prints the appservice.double_puppet_token
   generate-key              print a new database encryption key
   link --user @u:server --jid user@domain [--profile messenger|standard]
                             link an account by hand; reads {\"access_token\", \"refresh_token\",
@@ -415,6 +418,28 @@ fn generate_registration(args: &Args) -> anyhow::Result<()> {
     );
     std::fs::write(&output, yaml).with_context(|| format!("cannot write {output}"))?;
     println!("wrote {output}");
+    if args.rest.iter().any(|a| a == "--double-puppet") {
+        let path = Path::new(&output).with_file_name("doublepuppet.yaml");
+        if path.exists() && !force {
+            bail!("{} exists; pass --force to replace it", path.display());
+        }
+        let as_token = token();
+        let yaml = format!(
+            "# Double puppeting for messenger-bridge, written by `messenger-bridge generate-registration --double-puppet`.\n\
+             # Give this file to the homeserver too (Synapse: app_service_config_files). It owns no one\n\
+             # (non-exclusive) and receives nothing (no url); its token lets the bridge post, as a local\n\
+             # user, what that user wrote from another XMPP client. Keep the token secret.\n\
+             id: {id}-doublepuppet\nurl: null\nas_token: \"{as_token}\"\nhs_token: \"{}\"\n\
+             sender_localpart: {bot}-doublepuppet\nrate_limited: false\n\
+             namespaces:\n  users:\n    - exclusive: false\n      regex: \"@.*:{escaped}\"\n  aliases: []\n  rooms: []\n",
+            token()
+        );
+        std::fs::write(&path, yaml).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+        println!(
+            "set appservice.double_puppet_token: {as_token}\n(or MB_APPSERVICE_DOUBLE_PUPPET_TOKEN) in the bridge's configuration"
+        );
+    }
     Ok(())
 }
 

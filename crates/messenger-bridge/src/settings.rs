@@ -86,13 +86,17 @@ fn default_max_connections() -> u32 {
 }
 
 /// Secrets that may come from `MB_<NAME>` or a file named by `MB_<NAME>_FILE`.
-const SECRETS: [(&str, &str); 6] = [
+const SECRETS: [(&str, &str); 7] = [
     ("DATABASE_ENCRYPTION_KEY", "/database/encryption_key"),
     ("APPSERVICE_AS_TOKEN", "/appservice/as_token"),
     ("APPSERVICE_HS_TOKEN", "/appservice/hs_token"),
     ("OAUTH_CLIENT_SECRET", "/oauth/client_secret"),
     ("DATABASE_URL", "/database/url"),
     ("APPSERVICE_METRICS_TOKEN", "/appservice/metrics_token"),
+    (
+        "APPSERVICE_DOUBLE_PUPPET_TOKEN",
+        "/appservice/double_puppet_token",
+    ),
 ];
 
 /// Loads the file, applies `MB__SECTION__KEY` overrides and secret variables, fills tokens

@@ -230,6 +230,12 @@ fn should_record(bridge: &Bridge, event: &Value) -> bool {
     if bridge.inner.ghosts.is_ghost(sender) || sender == bridge.inner.bot.as_str() {
         return false;
     }
+    // Posted by the bridge itself as the user (double puppeting): already on the XMPP side.
+    if event["content"][crate::to_matrix::DOUBLE_PUPPET_SOURCE]
+        == crate::to_matrix::DOUBLE_PUPPET_NAME
+    {
+        return false;
+    }
     // Someone the permissions do not allow gets nothing recorded (they could fill the outbox),
     // except an invite: it is refused, without the bot or a ghost joining.
     let allowed = bridge.inner.config.bridge.level(sender).is_some();

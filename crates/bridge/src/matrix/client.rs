@@ -104,8 +104,8 @@ struct ErrorBody {
     retry_after_ms: Option<u64>,
 }
 
-/// The appservice's client for the homeserver. Cheap to clone.
-#[derive(Clone, Debug)]
+/// The appservice's client for the homeserver. Cheap to clone. `Debug` hides the token.
+#[derive(Clone)]
 pub struct MatrixClient {
     http: reqwest::Client,
     base: String,
@@ -114,7 +114,27 @@ pub struct MatrixClient {
     versions: SupportedVersions,
 }
 
+impl std::fmt::Debug for MatrixClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatrixClient")
+            .field("base", &self.base)
+            .field("appservice_id", &self.appservice_id)
+            .field("as_token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 impl MatrixClient {
+    /// The same homeserver with another appservice's token: the double-puppet registration,
+    /// whose namespace covers local users (requests as `?user_id=` one of them).
+    pub fn with_token(&self, as_token: &str, appservice_id: &str) -> Self {
+        Self {
+            as_token: as_token.to_owned(),
+            appservice_id: appservice_id.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// Connects: asks the homeserver which spec versions it supports (which also proves it is
     /// reachable).
     pub async fn connect(

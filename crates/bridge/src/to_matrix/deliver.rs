@@ -140,15 +140,18 @@ impl Bridge {
                 ..
             } => {
                 let ts = payload.origin_ts();
-                // The user's own message from another client: their own account's ghost posts
-                // it (with double puppeting it would be the user themselves).
-                let sender = match own {
-                    Some(own) => self
+                // The user's own message from another client: posted as the user themselves
+                // with double puppeting, else by their own XMPP account's ghost.
+                let puppet = own.as_ref().and_then(|_| self.double_puppet(&payload.user));
+                let sender = match (own, &puppet) {
+                    (_, Some((_, user))) => user.clone(),
+                    (Some(own), None) => self
                         .own_ghost_in(&payload.user, own, &ghost, &room)
                         .await
                         .map_err(in_room)?,
-                    None => ghost.clone(),
+                    (None, None) => ghost.clone(),
                 };
+                let client = puppet.as_ref().map_or(&self.inner.matrix, |(c, _)| c);
                 let parts = mapping::split_text(body, MAX_MATRIX_BODY);
                 let mut last_event = None;
                 // A retry may follow an attempt the homeserver did accept (its answer was lost,
@@ -181,13 +184,35 @@ impl Bridge {
                     }
                     let mut content = mapping::xmpp_body_to_matrix(part);
                     content[TXN_MARKER] = Value::String(txn.clone());
+                    if puppet.is_some() {
+                        // The bridge's own echo of it is not sent back to XMPP (the mautrix key).
+                        content[DOUBLE_PUPPET_SOURCE] = Value::String(DOUBLE_PUPPET_NAME.into());
+                    }
                     let t = Instant::now();
-                    let event = self
-                        .inner
-                        .matrix
+                    let sent = client
                         .send_message(&sender, &room, &txn, raw(&content), "m.room.message", ts)
-                        .await
-                        .map_err(in_room)?;
+                        .await;
+                    let event = match (sent, own) {
+                        (Ok(event), _) => event,
+                        (Err(e), Some(own)) if puppet.is_some() && !e.is_transient() => {
+                            // Not allowed as the user (not in the room, not a local user the
+                            // registration covers): the user's own ghost posts it instead.
+                            tracing::warn!(user = %payload.user, error = %e, "double puppeting refused; posting as the user's XMPP ghost");
+                            let me = self
+                                .own_ghost_in(&payload.user, own, &ghost, &room)
+                                .await
+                                .map_err(in_room)?;
+                            if let Some(obj) = content.as_object_mut() {
+                                obj.remove(DOUBLE_PUPPET_SOURCE);
+                            }
+                            self.inner
+                                .matrix
+                                .send_message(&me, &room, &txn, raw(&content), "m.room.message", ts)
+                                .await
+                                .map_err(in_room)?
+                        }
+                        (Err(e), _) => return Err(in_room(e)),
+                    };
                     *remote += t.elapsed();
                     last_event = Some(event);
                 }
@@ -219,7 +244,24 @@ impl Bridge {
     }
 }
 
+/// Marks what the bridge posts as a user (mautrix's key, which other bridges know too).
+pub(crate) const DOUBLE_PUPPET_SOURCE: &str = "fi.mau.double_puppet_source";
+/// This bridge's value of [`DOUBLE_PUPPET_SOURCE`].
+pub(crate) const DOUBLE_PUPPET_NAME: &str = "messenger-bridge";
+
 impl Bridge {
+    /// The double-puppet client and the user, when configured and the user is on the bridge's
+    /// homeserver (the only users a registration there can cover).
+    fn double_puppet(
+        &self,
+        user: &str,
+    ) -> Option<(crate::matrix::client::MatrixClient, ruma::OwnedUserId)> {
+        let client = self.inner.double_puppet.clone()?;
+        let user = ruma::UserId::parse(user).ok()?;
+        (user.server_name().as_str() == self.inner.config.homeserver.server_name)
+            .then_some((client, user))
+    }
+
     /// The ghost of the user's own XMPP account (`own`), made a member of the portal `room` by
     /// the contact's `ghost` the first time it posts there.
     async fn own_ghost_in(

@@ -7,6 +7,8 @@ mod message;
 mod presence;
 mod typing;
 
+pub(crate) use deliver::{DOUBLE_PUPPET_NAME, DOUBLE_PUPPET_SOURCE};
+
 use std::collections::HashMap;
 
 use tokio::sync::mpsc;
