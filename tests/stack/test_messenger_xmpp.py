@@ -301,3 +301,20 @@ def test_see_other_host_listener_redirects(env, dom, tokens):
             await disconnect(c)
 
     run(go())
+
+
+def test_the_retired_service_offers_no_carbons_and_no_archive(env, dom, tokens):
+    # The Messenger profile stays the retired service: what standard servers add is absent, so
+    # the bridge's discovery finds nothing to use there.
+    async def go():
+        c = await xmpp_connect(env, dom, token=tokens("alice")["access_token"], mech=MECH)
+        try:
+            server = await c.plugin["xep_0030"].get_info(jid=dom)
+            account = await c.plugin["xep_0030"].get_info(jid=c.boundjid.bare)
+            features = set(server["disco_info"]["features"]) | set(account["disco_info"]["features"])
+            assert "urn:xmpp:carbons:2" not in features, features
+            assert "urn:xmpp:mam:2" not in features, features
+        finally:
+            await disconnect(c)
+
+    run(go())

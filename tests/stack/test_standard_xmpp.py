@@ -101,3 +101,18 @@ def test_presence_probe_is_answered_here(env, dom):
             await disconnect(alice, bob)
 
     run(go())
+
+
+def test_carbons_and_the_archive_are_offered(env, dom):
+    # What today's servers offer and the bridge finds by discovery (issue #15).
+    async def go():
+        c = await xmpp_connect(env, dom, jid=f"alice@{dom}", password="alicepass", mech="SCRAM-SHA-1")
+        try:
+            server = await c.plugin["xep_0030"].get_info(jid=dom)
+            assert "urn:xmpp:carbons:2" in server["disco_info"]["features"]
+            account = await c.plugin["xep_0030"].get_info(jid=c.boundjid.bare)
+            assert "urn:xmpp:mam:2" in account["disco_info"]["features"]
+        finally:
+            await disconnect(c)
+
+    run(go())
