@@ -85,7 +85,7 @@ scenario!(database_from_a_newer_bridge_is_refused_untouched, |db| {
             err,
             Error::DatabaseTooNew {
                 unknown_version: 99990101000000,
-                newest_known: 3,
+                newest_known: 4,
                 ..
             }
         ),
