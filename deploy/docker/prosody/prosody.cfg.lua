@@ -63,3 +63,8 @@ VirtualHost "messenger.localhost"
 VirtualHost "xmpp.localhost"
 	messenger_sasl_mechanisms = { "OAUTHBEARER"; "X-OAUTH2" }
 	disable_sasl_mechanisms = { "DIGEST-MD5" }
+	-- Message carbons (XEP-0280) and an archive of every conversation kept a week (XEP-0313),
+	-- as on today's servers; the Messenger host offers neither.
+	modules_enabled = { "carbons"; "mam" }
+	default_archive_policy = true
+	archive_expires_after = "1w"

@@ -12,7 +12,12 @@ sed -e 's|@STATE@|/data|g' -e 's|@BIND@|0.0.0.0|g' -e 's|@PORT@|8008|g' \
     -e "s|@MACAROON_SECRET@|$(secret synapse_macaroon_secret)|g" \
     -e "s|@FORM_SECRET@|$(secret synapse_form_secret)|g" \
     -e 's|@AS_REGISTRATION@|/registration/registration.yaml|g' \
+    -e 's|@DP_REGISTRATION@|/registration/doublepuppet.yaml|g' \
     /conf/homeserver.yaml.in >/data/homeserver.yaml
+# Double puppeting is optional: without its registration (the demo makes none), its line goes.
+if [ ! -f /registration/doublepuppet.yaml ]; then
+    sed -i '\|/registration/doublepuppet.yaml|d' /data/homeserver.yaml
+fi
 if grep -q '@[A-Z_]*@' /data/homeserver.yaml; then
     echo "synapse-demo: unreplaced placeholder in homeserver.yaml" >&2
     exit 1
