@@ -47,6 +47,10 @@ pub(crate) struct Inner {
     pub(crate) double_puppet: Option<MatrixClient>,
     /// Per account, the archive id of the last message recorded (see `note_archive_id`).
     pub(crate) archive_cursors: Mutex<HashMap<String, Cursor>>,
+    /// Per account, the bare JID its last `Connected` event named.
+    pub(crate) own_jids: Mutex<HashMap<String, xmpp_core::Jid>>,
+    /// Accounts whose catch-up in the current session read the archive to the end.
+    pub(crate) archive_caught_up: Mutex<HashSet<String>>,
     /// `room|ghost` of the user's own ghosts known to be in a portal.
     pub(crate) own_ghost_joined: Mutex<HashSet<String>>,
     /// The task handling XMPP events; it ends after the session manager's shutdown.
@@ -112,9 +116,12 @@ pub enum StartError {
 /// Where an account's archive catch-up resumes, as last recorded.
 #[derive(Debug)]
 pub(crate) struct Cursor {
+    /// The account the archive belongs to: a save never lands on another account's row.
+    pub(crate) jid: String,
     pub(crate) id: String,
     pub(crate) saved_at: Option<std::time::Instant>,
     pub(crate) dirty: bool,
+    pub(crate) flush_scheduled: bool,
 }
 
 impl Bridge {
@@ -163,6 +170,8 @@ impl Bridge {
                 backlogged: Mutex::default(),
                 archive_cursors: Mutex::default(),
                 own_ghost_joined: Mutex::default(),
+                own_jids: Mutex::default(),
+                archive_caught_up: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),

@@ -307,9 +307,13 @@ impl CredentialSource for StoreCredentials {
                     // The first session on an archiving server: no history is imported; the
                     // next login catches up from now.
                     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+                    let jid = match self.store.linked_user(account).await {
+                        Ok(Some(user)) => user.jid,
+                        _ => return None,
+                    };
                     if let Err(e) = self
                         .store
-                        .set_archive_cursor(account, &format!("since:{now}"))
+                        .set_archive_cursor(account, &jid, &format!("since:{now}"))
                         .await
                     {
                         tracing::warn!(user = account, error = %e, "cannot save an archive cursor");

@@ -396,6 +396,12 @@ fn generate_registration(args: &Args) -> anyhow::Result<()> {
             "{output} exists; pass --force to replace it (the homeserver must then load the new tokens)"
         );
     }
+    let double_puppet = args.rest.iter().any(|a| a == "--double-puppet");
+    let dp_path = Path::new(&output).with_file_name("doublepuppet.yaml");
+    // Checked before anything is written: a refusal leaves both files as they were.
+    if double_puppet && dp_path.exists() && !force {
+        bail!("{} exists; pass --force to replace it", dp_path.display());
+    }
     let listen = get("/appservice/listen", "127.0.0.1:29317");
     let url = get("/appservice/url", &format!("http://{listen}"));
     let id = get("/appservice/id", "messenger-bridge");
@@ -418,11 +424,8 @@ fn generate_registration(args: &Args) -> anyhow::Result<()> {
     );
     std::fs::write(&output, yaml).with_context(|| format!("cannot write {output}"))?;
     println!("wrote {output}");
-    if args.rest.iter().any(|a| a == "--double-puppet") {
-        let path = Path::new(&output).with_file_name("doublepuppet.yaml");
-        if path.exists() && !force {
-            bail!("{} exists; pass --force to replace it", path.display());
-        }
+    if double_puppet {
+        let path = dp_path;
         let as_token = token();
         let yaml = format!(
             "# Double puppeting for messenger-bridge, written by `messenger-bridge generate-registration --double-puppet`.\n\

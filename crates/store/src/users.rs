@@ -145,7 +145,8 @@ const SET_ROOM: &str =
     "UPDATE linked_users SET management_room = $2, updated_at = $3 WHERE matrix_user = $1";
 const DELETE_USER: &str = "DELETE FROM linked_users WHERE matrix_user = $1";
 const GET_CURSOR: &str = "SELECT archive_cursor FROM linked_users WHERE matrix_user = $1";
-const SET_CURSOR: &str = "UPDATE linked_users SET archive_cursor = $2 WHERE matrix_user = $1";
+const SET_CURSOR: &str =
+    "UPDATE linked_users SET archive_cursor = $3 WHERE matrix_user = $1 AND jid = $2";
 
 const UPSERT_SECRET: &str = "INSERT INTO user_secrets (matrix_user, slot, key_id, sealed, \
     expires_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -258,9 +259,15 @@ impl Store {
         })
     }
 
-    /// Saves where the bridge resumes reading the user's message archive.
-    pub async fn set_archive_cursor(&self, matrix_user: &str, cursor: &str) -> Result<()> {
-        on_pool!(self, pool => sqlx::query(SET_CURSOR).bind(matrix_user).bind(cursor)
+    /// Saves where the bridge resumes reading the archive of `jid`, the user's linked account;
+    /// nothing when the user has linked another account since.
+    pub async fn set_archive_cursor(
+        &self,
+        matrix_user: &str,
+        jid: &str,
+        cursor: &str,
+    ) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(SET_CURSOR).bind(matrix_user).bind(jid).bind(cursor)
             .execute(pool).await.ctx("save an archive cursor").map(|_| ()))
     }
 

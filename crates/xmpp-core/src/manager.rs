@@ -121,6 +121,12 @@ pub enum ManagerEvent {
     /// What the server offers, found by discovery after each login (standard servers only:
     /// the Messenger profile offers none of it).
     Features(ServerFeatures),
+    /// The archive catch-up after a login is over: `complete` when it read to the end (then
+    /// live messages may move the archive cursor on; otherwise only archived ones may).
+    CaughtUp {
+        /// Whether every archived message since the cursor was read.
+        complete: bool,
+    },
     /// A stanza-level event from the session.
     Session(SessionEvent),
 }
@@ -512,12 +518,20 @@ impl SessionManager {
                             let features = discover(&handle, key).await;
                             self.emit(key, ManagerEvent::Features(features.clone()))
                                 .await;
-                            // Before the initial presence: no live message arrives until then
-                            // (RFC 6121 §4.7.2), so the archive's messages come first, in order.
-                            if features.archive
-                                && let Some(cursor) = credentials.archive_cursor(key).await
+                            // Before carbons and the initial presence: no live message arrives
+                            // until then (RFC 6121 §4.7.2), so the archive's come first, in order.
+                            if features.archive {
+                                let complete = match credentials.archive_cursor(key).await {
+                                    Some(cursor) => catch_up(&handle, key, cursor).await,
+                                    // Nothing to catch up with (a first login): done.
+                                    None => true,
+                                };
+                                self.emit(key, ManagerEvent::CaughtUp { complete }).await;
+                            }
+                            if features.carbons
+                                && let Err(e) = handle.iq(Iq::set("", None, enable_carbons())).await
                             {
-                                catch_up(&handle, key, cursor).await;
+                                tracing::warn!(account = key, error = %e, "the server offers carbons but did not enable them");
                             }
                         }
                         let _ = handle.send(&presence.to_element()).await;
@@ -621,8 +635,8 @@ impl SessionManager {
     }
 }
 
-/// Asks the server and the account what they offer, and turns carbons on when offered. A
-/// server that does not answer offers nothing.
+/// Asks the server and the account what they offer. A server that does not answer offers
+/// nothing.
 async fn discover(handle: &SessionHandle, account: &str) -> ServerFeatures {
     let server = handle.jid().domain().to_owned();
     let info = |to: Option<Jid>| async move {
@@ -637,11 +651,6 @@ async fn discover(handle: &SessionHandle, account: &str) -> ServerFeatures {
     let server_features = info(Jid::parse(&server).ok()).await;
     let account_features = info(None).await;
     let features = ServerFeatures::from_features(&server_features, &account_features);
-    if features.carbons
-        && let Err(e) = handle.iq(Iq::set("", None, enable_carbons())).await
-    {
-        tracing::warn!(account, error = %e, "the server offers carbons but did not enable them");
-    }
     tracing::info!(
         account,
         carbons = features.carbons,
@@ -651,26 +660,46 @@ async fn discover(handle: &SessionHandle, account: &str) -> ServerFeatures {
     features
 }
 
-/// The most archive pages read in one catch-up (100 messages each); a larger gap is left to
-/// the next login, and logged.
-const MAX_ARCHIVE_PAGES: u32 = 100;
+/// The most archive pages read in one catch-up; a larger gap is read on at the next login
+/// (the bridge's cursor stays at the last archived message it recorded).
+const MAX_ARCHIVE_PAGES: u32 = 200;
+/// How far back a catch-up goes when the server no longer has the cursor's message.
+const ARCHIVE_FALLBACK_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Reads the account's archive from `cursor` on, page by page; the messages arrive as
-/// [`SessionEvent::Archived`] before each page's answer.
-async fn catch_up(handle: &SessionHandle, account: &str, mut cursor: ArchiveCursor) {
+/// [`SessionEvent::Archived`] before each page's answer. Returns whether it read to the end.
+async fn catch_up(handle: &SessionHandle, account: &str, mut cursor: ArchiveCursor) -> bool {
+    let mut fell_back = false;
     for page in 1..=MAX_ARCHIVE_PAGES {
         let query = archive_query(&session::next_id(), &cursor, 100);
         match handle.iq(Iq::set("", None, query)).await {
             Ok(answer) => match archive_page_end(answer.payload.as_ref()) {
-                (false, Some(last)) => cursor = ArchiveCursor::After(last),
-                _ => {
+                Some((true, _)) => {
                     tracing::info!(account, pages = page, "caught up with the archive");
-                    return;
+                    return true;
+                }
+                Some((false, Some(last))) if !matches!(&cursor, ArchiveCursor::After(c) if *c == last) =>
+                {
+                    cursor = ArchiveCursor::After(last);
+                }
+                other => {
+                    tracing::warn!(account, answer = ?other, "the archive's answer does not say where it goes on; catch-up stopped, to be resumed at the next login");
+                    return false;
                 }
             },
+            Err(IqError::Error(e)) if e.condition == "item-not-found" && !fell_back => {
+                // The cursor's message has expired from the archive: read the last week.
+                tracing::warn!(
+                    account,
+                    "the archive no longer has the last message the bridge saw; reading the last 7 days"
+                );
+                fell_back = true;
+                let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+                cursor = ArchiveCursor::Since(now - ARCHIVE_FALLBACK_MS);
+            }
             Err(e) => {
-                tracing::warn!(account, error = %e, "could not read the archive; messages sent while the bridge was away may be missing");
-                return;
+                tracing::warn!(account, error = %e, "could not read the archive; catch-up stopped, to be resumed at the next login");
+                return false;
             }
         }
     }
@@ -679,6 +708,7 @@ async fn catch_up(handle: &SessionHandle, account: &str, mut cursor: ArchiveCurs
         pages = MAX_ARCHIVE_PAGES,
         "the archive gap is larger than one catch-up reads; the rest follows at the next login"
     );
+    false
 }
 
 /// Sleeps; returns true when stopped meanwhile.

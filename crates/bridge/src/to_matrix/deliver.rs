@@ -189,9 +189,26 @@ impl Bridge {
                         content[DOUBLE_PUPPET_SOURCE] = Value::String(DOUBLE_PUPPET_NAME.into());
                     }
                     let t = Instant::now();
-                    let sent = client
+                    let mut sent = client
                         .send_message(&sender, &room, &txn, raw(&content), "m.room.message", ts)
                         .await;
+                    if let (Err(e), Some(own), None) = (&sent, own, &puppet)
+                        && e.errcode() == Some("M_FORBIDDEN")
+                    {
+                        // The user's own ghost was kicked: invite it again, once, and resend.
+                        self.inner
+                            .own_ghost_joined
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&format!("{room}|{sender}"));
+                        let me = self
+                            .own_ghost_in(&payload.user, own, &ghost, &room)
+                            .await
+                            .map_err(in_room)?;
+                        sent = client
+                            .send_message(&me, &room, &txn, raw(&content), "m.room.message", ts)
+                            .await;
+                    }
                     let event = match (sent, own) {
                         (Ok(event), _) => event,
                         (Err(e), Some(own)) if puppet.is_some() && !e.is_transient() => {

@@ -58,7 +58,14 @@ impl Bridge {
         };
         let archive_id = self.own_archive_id(account, &m);
         self.record_chat(
-            account, &from, None, body, &m, archive_id, received, arrived,
+            account,
+            &from,
+            None,
+            body,
+            &m,
+            (archive_id, false),
+            received,
+            arrived,
         )
         .await;
     }
@@ -79,7 +86,7 @@ impl Bridge {
             CarbonKind::Received => self.on_xmpp_message(account, m, received, arrived).await,
             CarbonKind::Sent => {
                 let archive_id = self.own_archive_id(account, &m);
-                self.on_own_message(account, m, archive_id, received, arrived)
+                self.on_own_message(account, m, archive_id, false, received, arrived)
                     .await;
             }
         }
@@ -96,13 +103,14 @@ impl Bridge {
         received: i64,
         arrived: Instant,
     ) {
-        let own = self.inner.xmpp.session(account).map(|h| h.jid().to_bare());
-        let from_user = match (&own, &m.from) {
-            (Some(own), Some(from)) => from.bare_eq(own),
-            _ => false,
+        // Without `from`, the account's own server speaks for the account (RFC 6120 §8.1.2.1).
+        let from_user = match (self.own_jid(account), &m.from) {
+            (_, None) => true,
+            (Some(own), Some(from)) => from.bare_eq(&own),
+            (None, Some(_)) => false,
         };
         if from_user {
-            self.on_own_message(account, m, Some(archive_id), received, arrived)
+            self.on_own_message(account, m, Some(archive_id), true, received, arrived)
                 .await;
             return;
         }
@@ -110,11 +118,11 @@ impl Bridge {
             m.from.as_ref().map(Jid::to_bare),
             m.body.clone().filter(|b| !b.is_empty()),
         ) else {
-            self.note_archive_id(account, &archive_id).await;
+            self.note_archive_id(account, &archive_id, true).await;
             return;
         };
         if !matches!(m.kind, MessageType::Chat | MessageType::Normal) {
-            self.note_archive_id(account, &archive_id).await;
+            self.note_archive_id(account, &archive_id, true).await;
             return;
         }
         self.record_chat(
@@ -123,7 +131,7 @@ impl Bridge {
             None,
             body,
             &m,
-            Some(archive_id),
+            (Some(archive_id), true),
             received,
             arrived,
         )
@@ -136,17 +144,17 @@ impl Bridge {
         account: &str,
         m: Message,
         archive_id: Option<String>,
+        from_archive: bool,
         received: i64,
         arrived: Instant,
     ) {
-        let own = self.inner.xmpp.session(account).map(|h| h.jid().to_bare());
         let (Some(own), Some(to), Some(body)) = (
-            own,
+            self.own_jid(account),
             m.to.as_ref().map(Jid::to_bare),
             m.body.clone().filter(|b| !b.is_empty()),
         ) else {
             if let Some(id) = &archive_id {
-                self.note_archive_id(account, id).await;
+                self.note_archive_id(account, id, from_archive).await;
             }
             return;
         };
@@ -160,7 +168,7 @@ impl Bridge {
         {
             // The bridge's own sends come back from the archive: they are in the portal already.
             if let Some(id) = &archive_id {
-                self.note_archive_id(account, id).await;
+                self.note_archive_id(account, id, from_archive).await;
             }
             return;
         }
@@ -170,23 +178,36 @@ impl Bridge {
             Some(&own),
             body,
             &m,
-            archive_id,
+            (archive_id, from_archive),
             received,
             arrived,
         )
         .await;
     }
 
+    /// The bare JID of the account's current (or last) session, as its `Connected` event
+    /// said: events are handled in order, so it is the session the event came from, even when
+    /// that session has ended since.
+    pub(crate) fn own_jid(&self, account: &str) -> Option<Jid> {
+        self.inner
+            .own_jids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(account)
+            .cloned()
+    }
+
     /// The archive id the user's own server gave a live message (XEP-0359), if it keeps an
     /// archive.
     fn own_archive_id(&self, account: &str, m: &Message) -> Option<String> {
-        let own = self.inner.xmpp.session(account)?.jid().to_bare();
+        let own = self.own_jid(account)?;
         m.stanza_id_by(&own).map(str::to_owned)
     }
 
     /// Records a chat message with `contact` (from them, or from the user's `own` account) for
     /// the portal. Every copy of one message (live, carbon, offline, archive) gets the same
     /// dedupe key: the sender's id with the body's hash; without an id, the archive's id.
+    /// `archive` is the archive's id for it and whether it came from the catch-up.
     #[allow(clippy::too_many_arguments)]
     async fn record_chat(
         &self,
@@ -195,10 +216,11 @@ impl Bridge {
         own: Option<&Jid>,
         body: String,
         m: &Message,
-        archive_id: Option<String>,
+        archive: (Option<String>, bool),
         received: i64,
         arrived: Instant,
     ) {
+        let (archive_id, from_archive) = archive;
         let contact = contact.to_string();
         let ts = m.delay.as_ref().map(xmpp_core::stanza::Delay::unix_millis);
         // With the body's hash: a resend (same id, same text) is caught, while a client that
@@ -220,15 +242,30 @@ impl Bridge {
         self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
             .await;
         if let Some(id) = archive_id {
-            self.note_archive_id(account, &id).await;
+            self.note_archive_id(account, &id, from_archive).await;
         }
     }
 
     /// Remembers the archive id of the last message recorded, where the next login's catch-up
-    /// resumes. Saved at most every 2 s per account (and at a graceful stop): a crash loses at
-    /// most that much progress, and what is read twice is dropped by the dedupe keys.
-    pub(crate) async fn note_archive_id(&self, account: &str, id: &str) {
-        let save = {
+    /// resumes. A live message moves it only once this session's catch-up read the archive to
+    /// the end (else the gap behind it would be skipped for good). Saved at most every 2 s per
+    /// account, a skipped save made 2 s later, and at a graceful stop: a crash loses at most
+    /// that much progress, and what is read twice is dropped by the dedupe keys.
+    pub(crate) async fn note_archive_id(&self, account: &str, id: &str, from_archive: bool) {
+        let Some(jid) = self.own_jid(account) else {
+            return;
+        };
+        let live_ok = self
+            .inner
+            .archive_caught_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(account);
+        if !from_archive && !live_ok {
+            return;
+        }
+        let jid = jid.to_string();
+        let (save, schedule) = {
             let mut cursors = self
                 .inner
                 .archive_cursors
@@ -238,10 +275,13 @@ impl Bridge {
                 cursors
                     .entry(account.to_owned())
                     .or_insert_with(|| crate::context::Cursor {
+                        jid: jid.clone(),
                         id: String::new(),
                         saved_at: None,
                         dirty: false,
+                        flush_scheduled: false,
                     });
+            entry.jid = jid;
             entry.id = id.to_owned();
             entry.dirty = true;
             let due = entry
@@ -251,40 +291,70 @@ impl Bridge {
                 entry.saved_at = Some(Instant::now());
                 entry.dirty = false;
             }
-            due
+            let schedule = !due && !entry.flush_scheduled;
+            if schedule {
+                entry.flush_scheduled = true;
+            }
+            (due.then(|| (entry.jid.clone(), entry.id.clone())), schedule)
         };
-        if save {
-            self.save_archive_cursor(account, id).await;
+        if let Some((jid, id)) = save {
+            self.save_archive_cursor(account, &jid, &id).await;
+        }
+        if schedule {
+            let this = self.clone();
+            let account = account.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                this.flush_archive_cursor(&account).await;
+            });
         }
     }
 
-    async fn save_archive_cursor(&self, account: &str, id: &str) {
+    async fn save_archive_cursor(&self, account: &str, jid: &str, id: &str) {
         if let Err(e) = self
             .inner
             .store
-            .set_archive_cursor(account, &format!("id:{id}"))
+            .set_archive_cursor(account, jid, &format!("id:{id}"))
             .await
         {
             tracing::warn!(user = %account, error = %e, "cannot save the archive cursor");
         }
     }
 
+    /// Saves one account's archive cursor if it changed since its last save.
+    async fn flush_archive_cursor(&self, account: &str) {
+        let dirty = {
+            let mut cursors = self
+                .inner
+                .archive_cursors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            cursors.get_mut(account).and_then(|c| {
+                c.flush_scheduled = false;
+                c.dirty.then(|| {
+                    c.dirty = false;
+                    c.saved_at = Some(Instant::now());
+                    (c.jid.clone(), c.id.clone())
+                })
+            })
+        };
+        if let Some((jid, id)) = dirty {
+            self.save_archive_cursor(account, &jid, &id).await;
+        }
+    }
+
     /// Saves every archive cursor not saved yet (at a graceful stop).
     pub async fn save_archive_cursors(&self) {
-        let dirty: Vec<(String, String)> = self
+        let accounts: Vec<String> = self
             .inner
             .archive_cursors
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter_mut()
-            .filter(|(_, c)| c.dirty)
-            .map(|(account, c)| {
-                c.dirty = false;
-                (account.clone(), c.id.clone())
-            })
+            .keys()
+            .cloned()
             .collect();
-        for (account, id) in dirty {
-            self.save_archive_cursor(&account, &id).await;
+        for account in accounts {
+            self.flush_archive_cursor(&account).await;
         }
     }
 

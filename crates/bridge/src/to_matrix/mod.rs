@@ -78,7 +78,31 @@ impl Bridge {
     async fn on_account_event(&self, account: &str, received: Received) {
         let Received { event, at_ms, at } = received;
         match event {
-            ManagerEvent::State(state) => self.on_state(account, state).await,
+            ManagerEvent::State(state) => {
+                if let xmpp_core::manager::ConnectionState::Connected { jid } = &state {
+                    // In order with the session's own events, which are handled after this.
+                    self.inner
+                        .own_jids
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(account.to_owned(), jid.to_bare());
+                    self.inner
+                        .archive_caught_up
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(account);
+                }
+                self.on_state(account, state).await;
+            }
+            ManagerEvent::CaughtUp { complete } => {
+                if complete {
+                    self.inner
+                        .archive_caught_up
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(account.to_owned());
+                }
+            }
             ManagerEvent::Roster(items) => {
                 for item in items {
                     self.remember_roster_name(account, &item);

@@ -249,7 +249,13 @@ scenario!(
         let s = &db.store;
         s.upsert_linked_user(&user("@a:x", "a@xmpp")).await.unwrap();
         assert_eq!(s.archive_cursor("@a:x").await.unwrap(), None);
-        s.set_archive_cursor("@a:x", "id:42").await.unwrap();
+        s.set_archive_cursor("@a:x", "a@xmpp", "id:42")
+            .await
+            .unwrap();
+        // A save for an account the user no longer has lands nowhere.
+        s.set_archive_cursor("@a:x", "old@xmpp", "id:7")
+            .await
+            .unwrap();
         let again = db.reopen(keyring()).await.unwrap();
         assert_eq!(
             again.archive_cursor("@a:x").await.unwrap().as_deref(),

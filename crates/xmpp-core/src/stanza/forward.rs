@@ -177,16 +177,15 @@ pub fn archive_query(query_id: &str, cursor: &ArchiveCursor, max: u32) -> Elemen
 }
 
 /// The end of one page of an archive query (`<fin/>` in the IQ result): whether the archive
-/// has no more, and the id of the page's last message, where the next page starts.
-pub fn archive_page_end(payload: Option<&Element>) -> (bool, Option<String>) {
-    let Some(fin) = payload.filter(|p| p.is("fin", ns::MAM)) else {
-        return (true, None);
-    };
+/// has no more, and the id of the page's last message, where the next page starts. `None` when
+/// the answer has no `<fin/>` (not a XEP-0313 answer: the catch-up cannot know where it is).
+pub fn archive_page_end(payload: Option<&Element>) -> Option<(bool, Option<String>)> {
+    let fin = payload.filter(|p| p.is("fin", ns::MAM))?;
     let complete = matches!(fin.attr("complete"), Some("true" | "1"));
     let last = fin
         .child("set", ns::RSM)
         .and_then(|s| s.child_text("last", ns::RSM));
-    (complete, last)
+    Some((complete, last))
 }
 
 #[cfg(test)]
@@ -290,6 +289,10 @@ mod tests {
             ns::CLIENT,
         )
         .unwrap();
-        assert_eq!(archive_page_end(Some(&fin)), (true, Some("a9".into())));
+        assert_eq!(
+            archive_page_end(Some(&fin)),
+            Some((true, Some("a9".into())))
+        );
+        assert_eq!(archive_page_end(None), None);
     }
 }
