@@ -21,13 +21,7 @@ const PHOTO_B: &[u8] = b"\x89PNG\r\n\x1a\nmessenger-bridge test avatar B";
 
 #[tokio::test]
 async fn avatars_follow_the_photo_hash_and_a_roster_alias_names_only_the_portal() {
-    let _serial = serial().await;
-    let env = StackEnv::load();
-    let outcome = tokio::spawn(avatar_and_alias(env.clone())).await;
-    restore_seed(&env).await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    restoring_seed(avatar_and_alias).await;
 }
 
 async fn avatar_and_alias(env: StackEnv) {
@@ -127,13 +121,7 @@ async fn avatar_and_alias(env: StackEnv) {
 
 #[tokio::test]
 async fn an_oversized_vcard_or_message_is_skipped_and_the_session_stays_up() {
-    let _serial = serial().await;
-    let env = StackEnv::load();
-    let outcome = tokio::spawn(oversized(env.clone())).await;
-    restore_seed(&env).await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    restoring_seed(oversized).await;
 }
 
 async fn oversized(env: StackEnv) {
@@ -199,6 +187,17 @@ async fn oversized(env: StackEnv) {
     );
     bridge.stop().await;
     carol.quit().await;
+}
+
+/// Runs `test` alone on the stack, then puts the seed back, even when it failed.
+async fn restoring_seed<F: Future<Output = ()> + Send + 'static>(test: fn(StackEnv) -> F) {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let outcome = tokio::spawn(test(env.clone())).await;
+    restore_seed(&env).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 /// Puts carol's seeded vCard and alice's seeded name for carol back on the standard host.

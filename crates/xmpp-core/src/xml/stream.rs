@@ -462,6 +462,27 @@ impl StreamParser {
         Ok(())
     }
 
+    /// The oversized stanza that began at `start`, read up to `upto`, as far as it can be
+    /// skipped: fails when skipping is off, the stanza's own start tag is incomplete, or it is
+    /// already over the skip limit.
+    fn skipped_so_far(&self, start: usize, upto: usize) -> Result<SkippedStanza, XmlError> {
+        let too_large = XmlError::StanzaTooLarge {
+            limit: self.limits.max_stanza_bytes,
+        };
+        let Some(&Token::Start { from, to, .. }) = self.tokens.first() else {
+            return Err(too_large);
+        };
+        if self.limits.max_skip_bytes <= self.limits.max_stanza_bytes {
+            return Err(too_large);
+        }
+        if upto - start > self.limits.max_skip_bytes {
+            return Err(self.too_large_to_skip());
+        }
+        let mut stanza = skipped_stanza(&self.buf[start + from..start + to]);
+        stanza.bytes = upto - start;
+        Ok(stanza)
+    }
+
     /// The error for a stanza too large even to skip.
     fn too_large_to_skip(&self) -> XmlError {
         XmlError::StanzaTooLarge {
@@ -485,28 +506,12 @@ impl StreamParser {
     /// names of the open elements and the start tag's attributes) and drops its bytes before
     /// `from`. Fails when skipping is off or the stanza's own start tag is incomplete.
     fn start_skipping(&mut self, from: usize) -> Result<(), XmlError> {
-        let too_large = XmlError::StanzaTooLarge {
-            limit: self.limits.max_stanza_bytes,
-        };
         let Some(start) = self.stanza_start else {
-            return Err(too_large);
+            return Err(XmlError::StanzaTooLarge {
+                limit: self.limits.max_stanza_bytes,
+            });
         };
-        let Some(&Token::Start {
-            from: tag_from,
-            to: tag_to,
-            ..
-        }) = self.tokens.first()
-        else {
-            return Err(too_large);
-        };
-        if self.limits.max_skip_bytes <= self.limits.max_stanza_bytes {
-            return Err(too_large);
-        }
-        if from - start > self.limits.max_skip_bytes {
-            return Err(self.too_large_to_skip());
-        }
-        let mut stanza = skipped_stanza(&self.buf[start + tag_from..start + tag_to]);
-        stanza.bytes = from - start;
+        let stanza = self.skipped_so_far(start, from)?;
         let open = self
             .open
             .iter()
@@ -655,20 +660,7 @@ impl StreamParser {
         };
         // A stanza that arrived whole in one read was never checked while it grew.
         if end - start > self.limits.max_stanza_bytes {
-            let too_large = XmlError::StanzaTooLarge {
-                limit: self.limits.max_stanza_bytes,
-            };
-            let Some(&Token::Start { from, to, .. }) = self.tokens.first() else {
-                return Err(too_large);
-            };
-            if self.limits.max_skip_bytes <= self.limits.max_stanza_bytes {
-                return Err(too_large);
-            }
-            if end - start > self.limits.max_skip_bytes {
-                return Err(self.too_large_to_skip());
-            }
-            let mut stanza = skipped_stanza(&self.buf[start + from..start + to]);
-            stanza.bytes = end - start;
+            let stanza = self.skipped_so_far(start, end)?;
             self.tokens.clear();
             return Ok(StreamEvent::Skipped(stanza));
         }
