@@ -317,6 +317,31 @@ impl TestBridge {
             .unwrap()
     }
 
+    /// SIGSTOP: the process is frozen; connections to it stay open and requests queue in the
+    /// kernel, as with a bridge stuck on a slow disk.
+    pub(crate) async fn pause(&self) {
+        self.signal("-STOP").await;
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub(crate) async fn resume(&self) {
+        self.signal("-CONT").await;
+    }
+
+    async fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the bridge is running");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// SIGKILL: no chance to flush or close anything.
     pub(crate) async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -502,6 +527,19 @@ impl MatrixUser {
         }
     }
 
+    /// Sends like a Matrix client does when the homeserver may be down: again every 500 ms, for
+    /// up to a minute.
+    pub(crate) async fn send_text_retrying(&self, room: &OwnedRoomId, text: &str) {
+        use ruma::events::room::message::RoomMessageEventContent;
+        let room = self.client.get_room(room).unwrap();
+        let mut tries = 0;
+        while let Err(e) = room.send(RoomMessageEventContent::text_plain(text)).await {
+            tries += 1;
+            assert!(tries < 120, "could not send {text}: {e}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     pub(crate) async fn send_text(&self, room: &OwnedRoomId, text: &str) {
         use ruma::events::room::message::RoomMessageEventContent;
         let room = self.client.get_room(room).unwrap();
@@ -515,6 +553,16 @@ impl Drop for MatrixUser {
     fn drop(&mut self) {
         self.sync.abort();
     }
+}
+
+/// `deploy/local/stack restart <service>`: stops it and waits until it is healthy again.
+pub(crate) async fn restart_stack_service(service: &str) {
+    let status = Command::new(testkit::repo_root().join("deploy/local/stack"))
+        .args(["restart", service])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "restarting {service} failed");
 }
 
 /// The bodies of the messages sent by `sender`.

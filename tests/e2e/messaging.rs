@@ -160,24 +160,11 @@ async fn conversation(backend: Backend) {
         .filter(|b| b.starts_with(&tag))
         .collect();
     assert_eq!(got, want, "contact → Matrix: once and in order");
-    let mut got = Vec::new();
-    while got.len() < 10 {
-        let ev = bob
-            .wait_for(T, |e| {
-                e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with(&tag))
-            })
-            .await;
-        got.push(ev["body"].as_str().unwrap().to_owned());
-    }
+    let got = bob
+        .bodies_starting_with(&tag, 10, T, Duration::from_secs(1))
+        .await;
     let want: Vec<String> = (0..10).map(|i| format!("{tag} m→x {i}")).collect();
     assert_eq!(got, want, "Matrix → contact: once and in order");
-    let extra = bob.drain(Duration::from_secs(1)).await;
-    assert!(
-        !extra
-            .iter()
-            .any(|e| e["body"].as_str().is_some_and(|b| b.starts_with(&tag))),
-        "duplicates: {extra:?}"
-    );
 
     // The metrics count them.
     let metrics = reqwest::get("http://127.0.0.1:29317/metrics")

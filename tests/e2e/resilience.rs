@@ -408,23 +408,9 @@ async fn a_portal_queue_is_capped_while_xmpp_is_offline_and_the_user_is_told() {
     bridge.stop().await;
     bridge.edit_config("port: 1", &port_line);
     bridge.start().await;
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        let ev = bob
-            .wait_for(Duration::from_secs(60), |e| {
-                e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with(&tag))
-            })
-            .await;
-        got.push(ev["body"].as_str().unwrap().to_owned());
-    }
-    let extra = bob.drain(Duration::from_secs(3)).await;
-    got.extend(
-        extra
-            .iter()
-            .filter_map(|e| e["body"].as_str())
-            .filter(|b| b.starts_with(&tag))
-            .map(str::to_owned),
-    );
+    let got = bob
+        .bodies_starting_with(&tag, 3, Duration::from_secs(60), Duration::from_secs(3))
+        .await;
     let want: Vec<String> = (0..3).map(|i| format!("{tag}{i}")).collect();
     assert_eq!(
         got, want,

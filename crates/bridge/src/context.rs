@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) ghosts_ready: Mutex<HashSet<String>>,
     /// Portal rooms both ways, as stored.
     pub(crate) portals: Mutex<crate::portal_cache::PortalCache>,
+    /// Rooms the homeserver sent events of, with when it last did: read after an outage.
+    pub(crate) matrix_activity: Mutex<HashMap<String, std::time::Instant>>,
     /// The linked users' last Matrix presence sent to XMPP.
     pub(crate) user_presence: Mutex<HashMap<String, (String, Option<String>)>>,
     /// Connection state per user and whether its disconnect was announced.
@@ -177,6 +179,7 @@ impl Bridge {
                 ghost_typing: Mutex::default(),
                 ghosts_ready: Mutex::default(),
                 portals: Mutex::default(),
+                matrix_activity: Mutex::default(),
                 user_presence: Mutex::default(),
                 states: Mutex::default(),
                 metrics: crate::metrics::Metrics::default(),

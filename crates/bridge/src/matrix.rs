@@ -3,5 +3,6 @@
 
 pub mod appservice;
 pub mod client;
+pub(crate) mod outage;
 
 pub use client::{MatrixClient, MatrixError};

@@ -40,6 +40,9 @@ struct State {
     logins: u64,
     /// Contact vCard fetches, by outcome.
     vcard_fetches: BTreeMap<&'static str, u64>,
+    /// Catch-ups after homeserver outages, and the events they found never sent.
+    catch_ups: u64,
+    events_recovered: u64,
     /// Per direction, one histogram per part of [`crate::latency::Breakdown`] (see `PARTS`).
     latency: BTreeMap<&'static str, [Histogram; 4]>,
 }
@@ -95,6 +98,15 @@ impl Metrics {
         self.with(|s| *s.vcard_fetches.entry(result).or_default() += 1);
     }
 
+    /// A catch-up after a homeserver outage ran and recorded `recovered` events it had never
+    /// been sent.
+    pub fn catch_up(&self, recovered: usize) {
+        self.with(|s| {
+            s.catch_ups += 1;
+            s.events_recovered += recovered as u64;
+        });
+    }
+
     /// How many messages were bridged in a direction.
     pub fn bridged_count(&self, direction: &str) -> u64 {
         self.with(|s| s.bridged.get(direction).copied().unwrap_or(0))
@@ -129,6 +141,10 @@ impl Metrics {
             for r in ["ok", "too_large", "timeout", "error"] {
                 let _ = writeln!(out, "messenger_bridge_vcard_fetches_total{{result=\"{r}\"}} {}", s.vcard_fetches.get(r).copied().unwrap_or(0));
             }
+            out.push_str("# HELP messenger_bridge_homeserver_catch_ups_total Times the bridge read the portals' recent history after signs of a homeserver outage.\n# TYPE messenger_bridge_homeserver_catch_ups_total counter\n");
+            let _ = writeln!(out, "messenger_bridge_homeserver_catch_ups_total {}", s.catch_ups);
+            out.push_str("# HELP messenger_bridge_matrix_events_recovered_total Matrix events the homeserver never sent the bridge (lost in its restart), found in the rooms' history and bridged.\n# TYPE messenger_bridge_matrix_events_recovered_total counter\n");
+            let _ = writeln!(out, "messenger_bridge_matrix_events_recovered_total {}", s.events_recovered);
             let name = "messenger_bridge_latency_seconds";
             let _ = writeln!(out, "# HELP {name} Time from the bridge receiving a message to the other side accepting it (part=total), split into waiting behind earlier messages of the portal (queue), the other side's request time (remote) and the bridge's own share (bridge).\n# TYPE {name} histogram");
             for (d, hists) in &s.latency {

@@ -1,6 +1,6 @@
 //! Notices: the bot's answers and warnings in the management room, and notices in portals.
 
-use ruma::UserId;
+use ruma::{OwnedUserId, UserId};
 use xmpp_core::Jid;
 
 use crate::context::{Bridge, now_ms};
@@ -9,14 +9,19 @@ use crate::mapping;
 impl Bridge {
     /// Posts a notice in a room as the portal's ghost (or the bot elsewhere).
     pub(crate) async fn notice_in_room(&self, room_id: &str, text: &str) {
-        let sender = match self.portal_by_room(room_id).await {
+        let sender = self.ghost_or_bot_in(room_id).await;
+        self.post_notice(&sender, room_id, text).await;
+    }
+
+    /// Who speaks in (and reads) a room: the portal's ghost, or the bot elsewhere.
+    pub(crate) async fn ghost_or_bot_in(&self, room_id: &str) -> OwnedUserId {
+        match self.portal_by_room(room_id).await {
             Ok(Some((_, contact))) => Jid::parse(&contact).map_or_else(
                 |_| self.inner.bot.clone(),
                 |j| self.inner.ghosts.user_id(&j),
             ),
             _ => self.inner.bot.clone(),
-        };
-        self.post_notice(&sender, room_id, text).await;
+        }
     }
 
     /// Posts an `m.notice` in a room as `sender`; failures are logged, never fatal.

@@ -42,6 +42,7 @@ impl Bridge {
         tokio::spawn(self.clone().deliver_forever(Direction::ToXmpp));
         tokio::spawn(self.clone().refresh_tokens_forever());
         tokio::spawn(self.clone().prune_outbox_forever());
+        tokio::spawn(self.clone().watch_homeserver_forever());
         let users = inner.store.linked_users().await?;
         tracing::info!(
             count = users.len(),

@@ -305,6 +305,51 @@ impl XmppContact {
         }
     }
 
+    /// The bodies of chat messages starting with `prefix`, in the order they arrived: waits up
+    /// to `limit` for `n` of them, then `quiet` more for any extra (a duplicate, one too many).
+    /// Never panics on a timeout: the caller compares with what it wants and says what is
+    /// missing.
+    pub async fn bodies_starting_with(
+        &mut self,
+        prefix: &str,
+        n: usize,
+        limit: Duration,
+        quiet: Duration,
+    ) -> Vec<String> {
+        let matches = |e: &Value| {
+            e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.starts_with(prefix))
+        };
+        let mut got = Vec::new();
+        let mut keep = Vec::new();
+        for e in std::mem::take(&mut self.backlog) {
+            if matches(&e) {
+                got.push(e["body"].as_str().unwrap_or_default().to_owned());
+            } else {
+                keep.push(e);
+            }
+        }
+        self.backlog = keep;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut quiet_until = None;
+        loop {
+            if got.len() >= n && quiet_until.is_none() {
+                quiet_until = Some(tokio::time::Instant::now() + quiet);
+            }
+            let until = quiet_until.unwrap_or(deadline);
+            let Ok(Ok(Some(line))) = tokio::time::timeout_at(until, self.lines.next_line()).await
+            else {
+                break;
+            };
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if matches(&v) {
+                got.push(v["body"].as_str().unwrap_or_default().to_owned());
+            } else {
+                self.backlog.push(v);
+            }
+        }
+        got
+    }
+
     /// All events received so far without waiting longer than `quiet`.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
         while let Ok(Ok(Some(line))) = tokio::time::timeout(quiet, self.lines.next_line()).await {

@@ -17,9 +17,7 @@ use ruma::api::IncomingRequest;
 use ruma::api::appservice::event::push_events;
 use serde_json::{Value, json};
 use sha2::Digest;
-use store::{Direction, Queued};
-
-use crate::delivery::LEASE;
+use store::Direction;
 
 use crate::context::Bridge;
 
@@ -126,70 +124,24 @@ async fn transaction(
             );
         }
     };
-    let store = &bridge.inner.store;
-    // Only real users' messages and memberships are recorded; most transactions carry just the
-    // echoes of our own ghosts, and those need no database work at all.
-    let events: Vec<(String, String, Vec<u8>, bool)> = txn
+    // After an outage, what the homeserver may have lost goes first, so order is kept.
+    if let Err(e) = bridge.catch_up_from_homeserver().await {
+        tracing::warn!(error = %e, "cannot read what the homeserver may not have sent yet; recording this transaction first, the catch-up is retried");
+    }
+    let events = txn
         .events
         .iter()
-        .filter_map(|raw| serde_json::from_str::<Value>(raw.json().get()).ok())
-        .filter(|event| should_record(&bridge, event))
-        .filter_map(|event| {
-            let room = event["room_id"].as_str()?.to_owned();
-            let event_id = event["event_id"].as_str()?.to_owned();
-            let message = event["type"] == "m.room.message";
-            Some((room, event_id, serde_json::to_vec(&event).ok()?, message))
-        })
-        .collect();
-    // Each event is recorded under its event id, so a transaction sent again (Synapse retries
-    // until it gets a 200, and reuses ids after its own restart) records nothing twice, and
-    // answering 200 only after every event is recorded never loses one. An event at the head of
-    // an idle portal comes back claimed and is delivered at once.
-    for (room, event_id, bytes, message) in &events {
-        // Only messages count against the cap: a leave or an encryption change must go through.
-        let full = if *message {
-            bridge.portal_full(room, event_id).await
-        } else {
-            Ok(false)
-        };
-        match full {
-            Ok(false) => {}
-            Ok(true) => {
-                refuse_over_cap(&bridge, room);
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot count a portal's queue; asking the homeserver to retry");
-                return matrix_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "M_UNKNOWN",
-                    "the bridge's database is unavailable",
-                );
-            }
-        }
-        match store
-            .enqueue_and_claim(Direction::ToXmpp, room, bytes, Some(event_id), LEASE)
-            .await
-        {
-            Ok(queued @ (Queued::Claimed(_) | Queued::Waiting(_))) => {
-                // Noted before delivery starts, so a fast delivery finds it.
-                bridge.note_received(Direction::ToXmpp, event_id, arrived);
-                bridge.mark_backlogged(room, matches!(queued, Queued::Waiting(_)));
-                match queued {
-                    Queued::Claimed(item) => bridge.dispatch(item),
-                    _ => bridge.queue_waiting(Direction::ToXmpp, room),
-                }
-            }
-            Ok(Queued::Duplicate(_)) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record an event; asking the homeserver to retry");
-                return matrix_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "M_UNKNOWN",
-                    "the bridge's database is unavailable",
-                );
-            }
-        }
+        .filter_map(|raw| serde_json::from_str::<Value>(raw.json().get()).ok());
+    if let Err(e) = bridge
+        .record_from_homeserver(events, arrived, crate::to_xmpp::Source::Transaction)
+        .await
+    {
+        tracing::error!(error = %e, "cannot record an event; asking the homeserver to retry");
+        return matrix_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_UNKNOWN",
+            "the bridge's database is unavailable",
+        );
     }
     for raw in &txn.ephemeral {
         if let Ok(data) = serde_json::from_str::<Value>(raw.json().get()) {
@@ -198,52 +150,6 @@ async fn transaction(
         }
     }
     (StatusCode::OK, axum::Json(json!({}))).into_response()
-}
-
-/// Tells the room that a message was not taken: its portal has too many waiting already.
-fn refuse_over_cap(bridge: &Bridge, room: &str) {
-    let cap = bridge.inner.config.bridge.max_queued_per_portal;
-    tracing::warn!(
-        room,
-        cap,
-        "a portal's queue to XMPP is full; refused a message"
-    );
-    bridge.inner.metrics.failure("portal_queue_full");
-    let (bridge, room) = (bridge.clone(), room.to_owned());
-    tokio::spawn(async move {
-        bridge
-            .notice_in_room(
-                &room,
-                &format!(
-                    "⚠ Not sent: {cap} messages in this room are already waiting for XMPP (your \
-                     XMPP session is offline). Send it again once they have gone out."
-                ),
-            )
-            .await;
-    });
-}
-
-/// Events worth recording: from real users (not our own ghosts' echoes), of the kinds the
-/// bridge acts on.
-fn should_record(bridge: &Bridge, event: &Value) -> bool {
-    let sender = event["sender"].as_str().unwrap_or("");
-    if bridge.inner.ghosts.is_ghost(sender) || sender == bridge.inner.bot.as_str() {
-        return false;
-    }
-    // Posted by the bridge itself as the user (double puppeting): already on the XMPP side.
-    if event["content"][crate::to_matrix::DOUBLE_PUPPET_SOURCE]
-        == crate::to_matrix::DOUBLE_PUPPET_NAME
-    {
-        return false;
-    }
-    // Someone the permissions do not allow gets nothing recorded (they could fill the outbox),
-    // except an invite: it is refused, without the bot or a ghost joining.
-    let allowed = bridge.inner.config.bridge.level(sender).is_some();
-    match event["type"].as_str() {
-        Some("m.room.message" | "m.room.encrypted" | "m.room.encryption") => allowed,
-        Some("m.room.member") => allowed || event["content"]["membership"] == "invite",
-        _ => false,
-    }
 }
 
 async fn query_user(

@@ -112,6 +112,8 @@ pub struct MatrixClient {
     as_token: String,
     appservice_id: String,
     versions: SupportedVersions,
+    /// Signs of homeserver outages, shared by every clone (see [`super::outage`]).
+    outages: std::sync::Arc<super::outage::Outages>,
 }
 
 impl std::fmt::Debug for MatrixClient {
@@ -156,6 +158,7 @@ impl MatrixClient {
             as_token: as_token.to_owned(),
             appservice_id: appservice_id.to_owned(),
             versions: SupportedVersions::from_parts(&["v1.1".to_owned()], &Default::default()),
+            outages: Default::default(),
         };
         let versions = client
             .send(discovery::get_supported_versions::Request::new(), None)
@@ -167,6 +170,11 @@ impl MatrixClient {
     /// The homeserver's base URL.
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// Signs of homeserver outages not caught up yet.
+    pub(crate) fn outages(&self) -> &super::outage::Outages {
+        &self.outages
     }
 
     /// Sends any client-server request as the bot (`user = None`) or as a ghost.
@@ -203,15 +211,18 @@ impl MatrixClient {
             what,
             reason: e.to_string(),
         })?;
-        let response = self
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| MatrixError::Unreachable {
+        let response = self.http.execute(request).await.map_err(|e| {
+            self.outages.note(super::outage::Seen::Unreachable);
+            MatrixError::Unreachable {
                 url: self.base.clone(),
                 reason: error_chain(&e),
-            })?;
+            }
+        })?;
         let status = response.status();
+        // What a proxy answers while the homeserver behind it restarts.
+        if matches!(status.as_u16(), 502..=504) {
+            self.outages.note(super::outage::Seen::Unreachable);
+        }
         let headers = response.headers().clone();
         let body = response
             .bytes()

@@ -2,10 +2,14 @@
 //! invitations and membership changes manage portals, messages to the bot are commands, and
 //! ephemeral data (typing, presence) goes straight out.
 
+mod catch_up;
 mod encrypted;
 mod ephemeral;
 mod membership;
 mod message;
+mod record;
+
+pub(crate) use record::Source;
 
 use std::time::{Duration, Instant};
 
