@@ -19,12 +19,12 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn ghost_of(env: &StackEnv, who: &str) -> ruma::OwnedUserId {
+pub(crate) fn ghost_of(env: &StackEnv, who: &str) -> ruma::OwnedUserId {
     UserId::parse(format!("@msn_{who}:{}", env.get("MATRIX_SERVER_NAME"))).unwrap()
 }
 
 /// A bridge on the standard host with alice linked, and her portal with bob open.
-async fn standard_portal_with_bob(
+pub(crate) async fn standard_portal_with_bob(
     env: &StackEnv,
     user: &MatrixUser,
     bob: &mut XmppContact,
@@ -53,7 +53,7 @@ async fn standard_portal_with_bob(
     (bridge, room)
 }
 
-fn alice(env: &StackEnv) -> String {
+pub(crate) fn alice(env: &StackEnv) -> String {
     format!("alice@{}", env.get("XMPP_STANDARD_DOMAIN"))
 }
 

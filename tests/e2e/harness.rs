@@ -488,6 +488,13 @@ impl MatrixUser {
 
     /// The room's messages (`m.room.message` events as JSON), oldest first.
     pub(crate) async fn messages(&self, room: &OwnedRoomId) -> Vec<Value> {
+        let mut out = self.timeline(room).await;
+        out.retain(|v| v["type"] == "m.room.message");
+        out
+    }
+
+    /// The room's last 500 events of every kind (reactions, redactions, state), oldest first.
+    pub(crate) async fn timeline(&self, room: &OwnedRoomId) -> Vec<Value> {
         let room = self.client.get_room(room).unwrap();
         let mut options = MessagesOptions::backward();
         options.limit = 500u32.into();
@@ -496,10 +503,54 @@ impl MatrixUser {
             .chunk
             .iter()
             .filter_map(|e| serde_json::from_str::<Value>(e.raw().json().get()).ok())
-            .filter(|v| v["type"] == "m.room.message")
             .collect();
         out.reverse();
         out
+    }
+
+    /// Waits until `pred` finds an event in the room's timeline; returns it.
+    pub(crate) async fn wait_event(
+        &self,
+        room: &OwnedRoomId,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let events = self.timeline(room).await;
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let kinds: Vec<String> = events
+                    .iter()
+                    .map(|e| format!("{} {} {}", e["type"], e["sender"], e["content"]))
+                    .collect();
+                panic!("{what}: not within {T:?}; timeline:\n{}", kinds.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Sends an event of any type with JSON content, as a client would; returns its id.
+    pub(crate) async fn send_json(
+        &self,
+        room: &OwnedRoomId,
+        event_type: &str,
+        content: Value,
+    ) -> ruma::OwnedEventId {
+        let room = self.client.get_room(room).unwrap();
+        room.send_raw(event_type, content)
+            .await
+            .unwrap()
+            .response
+            .event_id
+    }
+
+    /// Redacts (deletes) an event of the room.
+    pub(crate) async fn redact(&self, room: &OwnedRoomId, event: &ruma::EventId) {
+        let room = self.client.get_room(room).unwrap();
+        room.redact(event, None, None).await.unwrap();
     }
 
     /// Waits until `pred` holds for the room's messages; returns them.

@@ -16,4 +16,5 @@ mod linking;
 mod messaging;
 mod profiles;
 mod resilience;
+mod rich;
 mod security;

@@ -15,7 +15,11 @@ Commands, one JSON object per line on stdin:
     {"op": "quit"}
 Events, one JSON object per line on stdout:
     {"event": "ready", "jid": FULL_JID}
-    {"event": "message", "from", "to", "type", "id", "body", "state", "delay"}
+    {"event": "message", "from", "to", "type", "id", "body", "state", "delay",
+     "reply": {"to", "id"}, "fallbacks": [{"for", "ranges": [[start, end]]}], "replace": ID,
+     "retract": ID, "reactions": {"id", "keys": [EMOJI]}, "store": BOOL}
+                                          (the XEP-0461, 0428, 0308, 0424, 0444, 0334 elements;
+                                          null or empty when absent)
     {"event": "presence", "from", "type", "show", "status"}
     {"event": "failed", "reason"}         (login failed; the process exits 1)
     {"event": "disconnected"}
@@ -85,6 +89,20 @@ class Contact(slixmpp.ClientXMPP):
             if msg.xml.find("{http://jabber.org/protocol/chatstates}" + s) is not None:
                 state = s
         delay = msg.xml.find("{urn:xmpp:delay}delay")
+        reply = msg.xml.find("{urn:xmpp:reply:0}reply")
+        replace = msg.xml.find("{urn:xmpp:message-correct:0}replace")
+        retract = msg.xml.find("{urn:xmpp:message-retract:1}retract")
+        reactions = msg.xml.find("{urn:xmpp:reactions:0}reactions")
+        fallbacks = [
+            {
+                "for": f.get("for"),
+                "ranges": [
+                    [int(b.get("start")), int(b.get("end"))]
+                    for b in f.findall("{urn:xmpp:fallback:0}body")
+                ],
+            }
+            for f in msg.xml.findall("{urn:xmpp:fallback:0}fallback")
+        ]
         emit(
             {
                 "event": "message",
@@ -95,6 +113,17 @@ class Contact(slixmpp.ClientXMPP):
                 "body": msg["body"] if msg.xml.find("{jabber:client}body") is not None else None,
                 "state": state,
                 "delay": delay.get("stamp") if delay is not None else None,
+                "reply": {"to": reply.get("to"), "id": reply.get("id")} if reply is not None else None,
+                "fallbacks": fallbacks,
+                "replace": replace.get("id") if replace is not None else None,
+                "retract": retract.get("id") if retract is not None else None,
+                "reactions": {
+                    "id": reactions.get("id"),
+                    "keys": [r.text for r in reactions.findall("{urn:xmpp:reactions:0}reaction")],
+                }
+                if reactions is not None
+                else None,
+                "store": msg.xml.find("{urn:xmpp:hints}store") is not None,
             }
         )
 

@@ -75,6 +75,22 @@ fn strip_reply_fallback(body: &str, content: &Value) -> String {
     lines.collect::<Vec<_>>().join("\n")
 }
 
+/// The first line of `text`, cut to `max` characters (with "…" when cut): what a quote or a
+/// reaction fallback shows of a message.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if line.chars().count() <= max {
+        return line.to_owned();
+    }
+    let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// Reduces Matrix HTML to readable plain text: tags dropped, line breaks kept, links as
 /// `text (url)`, lists as bullets, entities decoded, reply fallbacks removed.
 pub fn html_to_text(html: &str) -> String {

@@ -6,9 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The payload version this build writes. Items without a version were written before versions
-/// existed and have the same fields as version 1.
-pub(crate) const VERSION: u32 = 1;
+/// The newest payload version this build reads. Items without a version were written before
+/// versions existed and have the same fields as version 1. Messages and notices are still
+/// written as version 1 (a bridge of that version delivers them, without their reply or
+/// correction); retractions and reactions are version 2.
+pub(crate) const VERSION: u32 = 2;
 
 /// One item for Matrix, as stored in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,12 +46,41 @@ pub(crate) enum ToMatrixKind {
         /// their clients: a carbon or the archive); its ghost posts it. Absent: the contact.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         own: Option<String>,
+        /// XEP-0308: the id of the message this one corrects (the body is its new text).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
+        /// XEP-0461: the message this one answers, and the fallback ranges of the body (the
+        /// quote, dropped when the answered message is found in Matrix).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<ReplyTo>,
+    },
+    /// XEP-0424: the contact took a message back.
+    Retract {
+        /// The id of the message taken back.
+        stanza: String,
+    },
+    /// XEP-0444: the contact's whole set of reactions to a message.
+    Reactions {
+        /// The id of the message reacted to.
+        stanza: String,
+        /// The reactions (emoji); empty removes them all.
+        keys: Vec<String>,
     },
     /// A notice in the portal (an error reply from the contact's server).
     Notice {
         /// The text.
         text: String,
     },
+}
+
+/// What a message answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReplyTo {
+    /// The id of the message answered.
+    pub(crate) id: String,
+    /// XEP-0428 ranges of the body (code points) that quote it.
+    #[serde(default)]
+    pub(crate) fallback: Vec<(usize, usize)>,
 }
 
 fn version_1() -> u32 {
@@ -88,8 +119,31 @@ impl ToMatrix {
                 stanza_id,
                 received,
                 own: None,
+                replaces: None,
+                reply_to: None,
             },
         )
+    }
+
+    /// The message's correction (XEP-0308) or reply (XEP-0461) details.
+    pub(crate) fn with_relations(
+        mut self,
+        corrects: Option<String>,
+        answers: Option<ReplyTo>,
+    ) -> Self {
+        if let ToMatrixKind::Message {
+            replaces, reply_to, ..
+        } = &mut self.kind
+        {
+            *replaces = corrects;
+            *reply_to = answers;
+        }
+        self
+    }
+
+    /// A retraction or a set of reactions.
+    pub(crate) fn relation(user: &str, contact: &str, kind: ToMatrixKind) -> Self {
+        Self::new(user, contact, kind)
     }
 
     /// The user's own message, written from another of their clients as `own` (bare JID).
@@ -106,8 +160,12 @@ impl ToMatrix {
     }
 
     fn new(user: &str, contact: &str, kind: ToMatrixKind) -> Self {
+        let v = match kind {
+            ToMatrixKind::Message { .. } | ToMatrixKind::Notice { .. } => 1,
+            ToMatrixKind::Retract { .. } | ToMatrixKind::Reactions { .. } => 2,
+        };
         Self {
-            v: VERSION,
+            v,
             user: user.to_owned(),
             contact: contact.to_owned(),
             kind,
@@ -133,7 +191,9 @@ impl ToMatrix {
     pub(crate) fn origin_ts(&self) -> Option<i64> {
         match &self.kind {
             ToMatrixKind::Message { ts, received, .. } => Some(ts.unwrap_or(*received)),
-            ToMatrixKind::Notice { .. } => None,
+            ToMatrixKind::Notice { .. }
+            | ToMatrixKind::Retract { .. }
+            | ToMatrixKind::Reactions { .. } => None,
         }
     }
 }
@@ -147,6 +207,36 @@ mod tests {
         let p = ToMatrix::message("@a:x", "b@y", "hi".into(), None, Some("id1".into()), 42);
         assert_eq!(ToMatrix::from_bytes(&p.to_bytes()).unwrap(), p);
         assert_eq!(p.origin_ts(), Some(42));
+    }
+
+    #[test]
+    fn relations_round_trip_and_only_new_kinds_are_version_2() {
+        let reply = ToMatrix::message("@a:x", "b@y", "> q\nhi".into(), None, None, 1)
+            .with_relations(
+                None,
+                Some(ReplyTo {
+                    id: "m1".into(),
+                    fallback: vec![(0, 4)],
+                }),
+            );
+        assert_eq!(
+            reply.v, 1,
+            "an older bridge still delivers it, as plain text"
+        );
+        assert_eq!(ToMatrix::from_bytes(&reply.to_bytes()).unwrap(), reply);
+        let reactions = ToMatrix::relation(
+            "@a:x",
+            "b@y",
+            ToMatrixKind::Reactions {
+                stanza: "m1".into(),
+                keys: vec!["👍".into()],
+            },
+        );
+        assert_eq!(reactions.v, 2);
+        assert_eq!(
+            ToMatrix::from_bytes(&reactions.to_bytes()).unwrap(),
+            reactions
+        );
     }
 
     #[test]
@@ -176,10 +266,10 @@ mod tests {
             ToMatrix::from_bytes(br#"{"kind":"sticker","user":"a","contact":"b"}"#),
             Err(PayloadError::Malformed(_))
         ));
-        let newer = br#"{"v":2,"kind":"notice","user":"@a:x","contact":"b@y","text":"t"}"#;
+        let newer = br#"{"v":3,"kind":"notice","user":"@a:x","contact":"b@y","text":"t"}"#;
         assert!(matches!(
             ToMatrix::from_bytes(newer),
-            Err(PayloadError::TooNew(2))
+            Err(PayloadError::TooNew(3))
         ));
     }
 }

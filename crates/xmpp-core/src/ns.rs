@@ -46,3 +46,19 @@ pub const DATA: &str = "jabber:x:data";
 pub const SID: &str = "urn:xmpp:sid:0";
 /// XEP-0334 message processing hints.
 pub const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0461 message replies.
+pub const REPLY: &str = "urn:xmpp:reply:0";
+/// XEP-0428 fallback indication.
+pub const FALLBACK: &str = "urn:xmpp:fallback:0";
+/// XEP-0308 last message correction.
+pub const CORRECT: &str = "urn:xmpp:message-correct:0";
+/// XEP-0424 message retraction.
+pub const RETRACT: &str = "urn:xmpp:message-retract:1";
+/// XEP-0424 message retraction, version 0 (inside XEP-0422 `<apply-to/>`).
+pub const RETRACT_0: &str = "urn:xmpp:message-retract:0";
+/// XEP-0422 message fastening.
+pub const FASTEN: &str = "urn:xmpp:fasten:0";
+/// XEP-0444 message reactions.
+pub const REACTIONS: &str = "urn:xmpp:reactions:0";
+/// XEP-0333 chat markers.
+pub const MARKERS: &str = "urn:xmpp:chat-markers:0";

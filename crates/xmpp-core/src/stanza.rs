@@ -12,6 +12,7 @@ pub mod forward;
 pub mod iq;
 pub mod message;
 pub mod presence;
+pub mod relations;
 pub mod roster;
 pub mod vcard;
 
@@ -23,6 +24,7 @@ pub use forward::{ArchiveCursor, CarbonKind, Forwarded};
 pub use iq::{Iq, IqType};
 pub use message::{Message, MessageType};
 pub use presence::{Presence, PresenceType, Show};
+pub use relations::{Fallback, Reactions, Reply};
 pub use roster::{RosterItem, Subscription};
 pub use vcard::{Photo, VCard};
 

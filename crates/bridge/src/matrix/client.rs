@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::client::{
-    account, appservice, discovery, media, membership, message, presence, profile, room, state,
-    typing,
+    account, appservice, discovery, media, membership, message, presence, profile, redact,
+    relations, room, state, typing,
 };
 use ruma::api::path_builder::{PathBuilder, SinglePath, VersionHistory};
 use ruma::api::{
@@ -18,8 +18,8 @@ use ruma::events::AnyMessageLikeEventContent;
 use ruma::presence::PresenceState;
 use ruma::serde::Raw;
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UInt,
-    UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedUserId,
+    RoomId, UInt, UserId,
 };
 use serde::Deserialize;
 
@@ -406,6 +406,59 @@ impl MatrixClient {
             .and_then(|ms| UInt::new(ms.max(0) as u64))
             .map(MilliSecondsSinceUnixEpoch);
         Ok(self.send(request, Some(sender)).await?.event_id)
+    }
+
+    /// One event of a room, as JSON, read as `user`.
+    pub async fn event(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        event: &EventId,
+    ) -> Result<serde_json::Value, MatrixError> {
+        let request = room::get_room_event::v3::Request::new(room.to_owned(), event.to_owned());
+        let response = self.send(request, Some(user)).await?;
+        serde_json::from_str(response.event.json().get()).map_err(|e| MatrixError::Invalid {
+            what: "get_room_event",
+            reason: e.to_string(),
+        })
+    }
+
+    /// The reactions (`m.annotation` relations) to an event, as JSON, read as `user`: up to
+    /// the last 200.
+    pub async fn reactions_to(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        event: &EventId,
+    ) -> Result<Vec<serde_json::Value>, MatrixError> {
+        let mut request = relations::get_relating_events_with_rel_type::v1::Request::new(
+            room.to_owned(),
+            event.to_owned(),
+            ruma::events::relation::RelationType::Annotation,
+        );
+        request.limit = Some(UInt::from(200u32));
+        let response = self.send(request, Some(user)).await?;
+        Ok(response
+            .chunk
+            .iter()
+            .filter_map(|e| serde_json::from_str(e.json().get()).ok())
+            .collect())
+    }
+
+    /// Redacts an event as `user`, idempotently per `txn_id`.
+    pub async fn redact(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        event: &EventId,
+        txn_id: &str,
+    ) -> Result<(), MatrixError> {
+        let request = redact::redact_event::v3::Request::new(
+            room.to_owned(),
+            event.to_owned(),
+            <ruma::OwnedTransactionId>::from(txn_id.to_owned()),
+        );
+        self.send(request, Some(user)).await.map(|_| ())
     }
 
     /// The last `limit` events of a room (newest first), as JSON, read as `user`.

@@ -15,6 +15,8 @@ use crate::mapping;
 use crate::matrix::MatrixError;
 use crate::payload::{ToMatrix, ToMatrixKind};
 
+use super::relations::Relation;
+
 /// Content key marking the events the bridge sent, with the transaction id they were sent
 /// with; lets a retry find out whether an earlier attempt went through.
 const TXN_MARKER: &str = "net.messenger-bridge.txn";
@@ -46,7 +48,9 @@ impl Bridge {
                 let next = self.ack(&item, mapping.as_ref()).await;
                 let outcome = match payload.kind {
                     ToMatrixKind::Message { .. } => DeliveryEnd::Message { remote, done },
-                    ToMatrixKind::Notice { .. } => DeliveryEnd::Other,
+                    ToMatrixKind::Notice { .. }
+                    | ToMatrixKind::Retract { .. }
+                    | ToMatrixKind::Reactions { .. } => DeliveryEnd::Other,
                 };
                 self.delivery_ended(&item, outcome, next.is_some());
                 return next;
@@ -137,9 +141,15 @@ impl Bridge {
                 body,
                 stanza_id,
                 own,
+                replaces,
+                reply_to,
                 ..
             } => {
                 let ts = payload.origin_ts();
+                let (body, relation) = self
+                    .message_relation(&room, body, replaces.as_deref(), reply_to.as_ref())
+                    .await
+                    .map_err(in_room)?;
                 // The user's own message from another client: posted as the user themselves
                 // with double puppeting, else by their own XMPP account's ghost.
                 let puppet = own.as_ref().and_then(|_| self.double_puppet(&payload.user));
@@ -152,7 +162,7 @@ impl Bridge {
                     (None, None) => ghost.clone(),
                 };
                 let client = puppet.as_ref().map_or(&self.inner.matrix, |(c, _)| c);
-                let parts = mapping::split_text(body, MAX_MATRIX_BODY);
+                let parts = mapping::split_text(&body, MAX_MATRIX_BODY);
                 let mut last_event = None;
                 // A retry may follow an attempt the homeserver did accept (its answer was lost,
                 // or it restarted and forgot the transaction id): look for our own marker first.
@@ -183,6 +193,10 @@ impl Bridge {
                         continue;
                     }
                     let mut content = mapping::xmpp_body_to_matrix(part);
+                    // An edit only when it is whole; a long correction is posted as new text.
+                    if i == 0 && (parts.len() == 1 || !matches!(relation, Relation::Edit(_))) {
+                        relation.apply(&mut content);
+                    }
                     content[TXN_MARKER] = Value::String(txn.clone());
                     if puppet.is_some() {
                         // The bridge's own echo of it is not sent back to XMPP (the mautrix key).
@@ -246,6 +260,18 @@ impl Bridge {
                     *remote += t.elapsed();
                 }
                 Ok(mapping)
+            }
+            ToMatrixKind::Retract { stanza } => {
+                self.deliver_retraction(item.id, &ghost, &room, stanza)
+                    .await
+                    .map_err(in_room)?;
+                Ok(None)
+            }
+            ToMatrixKind::Reactions { stanza, keys } => {
+                self.deliver_reactions(item.id, &ghost, &room, stanza, keys)
+                    .await
+                    .map_err(in_room)?;
+                Ok(None)
             }
             ToMatrixKind::Notice { text } => {
                 let txn = format!("xmpp-{}", item.id);
@@ -317,7 +343,7 @@ impl Bridge {
 }
 
 /// Event content as the raw JSON the client sends.
-fn raw(content: &Value) -> ruma::serde::Raw<ruma::events::AnyMessageLikeEventContent> {
+pub(super) fn raw(content: &Value) -> ruma::serde::Raw<ruma::events::AnyMessageLikeEventContent> {
     // A `Value` always serializes.
     let json = serde_json::value::to_raw_value(content).unwrap_or_else(|_| {
         serde_json::value::to_raw_value(&serde_json::json!({})).unwrap_or_default()

@@ -10,7 +10,21 @@ use xmpp_core::stanza::{Message, MessageType};
 use crate::context::{Bridge, short_hash};
 use crate::delivery::LEASE;
 use crate::mapping;
-use crate::payload::ToMatrix;
+use crate::payload::{ReplyTo, ToMatrix, ToMatrixKind};
+
+/// A message that only retracts or reacts to an earlier one (its body, if any, is a fallback
+/// for clients without those XEPs).
+fn relation_of(m: &Message) -> Option<ToMatrixKind> {
+    if let Some(stanza) = &m.retract {
+        return Some(ToMatrixKind::Retract {
+            stanza: stanza.clone(),
+        });
+    }
+    m.reactions.as_ref().map(|r| ToMatrixKind::Reactions {
+        stanza: r.id.clone(),
+        keys: r.keys.clone(),
+    })
+}
 
 impl Bridge {
     /// `received` (Unix ms) and `arrived` are when the bridge read the stanza.
@@ -46,6 +60,14 @@ impl Bridge {
                 return;
             }
             MessageType::Chat | MessageType::Normal => {}
+        }
+        if let Some(kind) = relation_of(&m) {
+            let archive_id = self.own_archive_id(account, &m);
+            self.record_relation(
+                account, &from, kind, &m, archive_id, false, received, arrived,
+            )
+            .await;
+            return;
         }
         let body = m.body.clone().filter(|b| !b.is_empty());
         let Some(body) = body else {
@@ -114,6 +136,22 @@ impl Bridge {
                 .await;
             return;
         }
+        if let (Some(from), Some(kind), MessageType::Chat | MessageType::Normal) =
+            (m.from.as_ref().map(Jid::to_bare), relation_of(&m), m.kind)
+        {
+            self.record_relation(
+                account,
+                &from,
+                kind,
+                &m,
+                Some(archive_id),
+                true,
+                received,
+                arrived,
+            )
+            .await;
+            return;
+        }
         let (Some(from), Some(body)) = (
             m.from.as_ref().map(Jid::to_bare),
             m.body.clone().filter(|b| !b.is_empty()),
@@ -162,9 +200,13 @@ impl Bridge {
             .into_iter()
             .flatten()
             .any(|id| mapping::is_bridge_message_id(id));
+        // The user's retractions and reactions from another client are not bridged yet; their
+        // fallback body must not be posted as a message either.
+        let relation_only = relation_of(&m).is_some();
         if !matches!(m.kind, MessageType::Chat | MessageType::Normal)
             || to.bare_eq(&own)
             || sent_by_bridge
+            || relation_only
         {
             // The bridge's own sends come back from the archive: they are in the portal already.
             if let Some(id) = &archive_id {
@@ -235,10 +277,55 @@ impl Bridge {
                 ts.unwrap_or(received)
             ),
         };
-        let mut payload = ToMatrix::message(account, &contact, body, ts, m.id.clone(), received);
+        let reply_to = m.reply.as_ref().map(|r| ReplyTo {
+            id: r.id.clone(),
+            fallback: m
+                .fallbacks
+                .iter()
+                .filter(|f| f.for_ns == xmpp_core::ns::REPLY)
+                .flat_map(|f| f.ranges.iter().copied())
+                .collect(),
+        });
+        let mut payload = ToMatrix::message(account, &contact, body, ts, m.id.clone(), received)
+            .with_relations(m.replace.clone(), reply_to);
         if let Some(own) = own {
             payload = payload.own_message(own.to_string());
         }
+        self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
+            .await;
+        if let Some(id) = archive_id {
+            self.note_archive_id(account, &id, from_archive).await;
+        }
+    }
+
+    /// Records a contact's retraction or reactions for the portal. Its dedupe key is the
+    /// stanza's id with what it says, so every copy (live, offline, archive) is one.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_relation(
+        &self,
+        account: &str,
+        contact: &Jid,
+        kind: ToMatrixKind,
+        m: &Message,
+        archive_id: Option<String>,
+        from_archive: bool,
+        received: i64,
+        arrived: Instant,
+    ) {
+        let contact = contact.to_string();
+        let what = match &kind {
+            ToMatrixKind::Retract { stanza } => format!("retract:{stanza}"),
+            ToMatrixKind::Reactions { stanza, keys } => {
+                format!("react:{stanza}:{}", short_hash(&keys.join("\u{1f}")))
+            }
+            _ => String::new(),
+        };
+        let dedupe = match (&m.id, &archive_id) {
+            (Some(id), _) => format!("{account}|{contact}|{id}|{what}"),
+            (None, Some(aid)) => format!("{account}|{contact}|archive:{aid}"),
+            (None, None) => format!("{account}|{contact}|{what}|{received}"),
+        };
+        let payload = ToMatrix::relation(account, &contact, kind);
         self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
             .await;
         if let Some(id) = archive_id {

@@ -5,6 +5,7 @@
 mod deliver;
 mod message;
 mod presence;
+mod relations;
 mod typing;
 
 pub(crate) use deliver::{DOUBLE_PUPPET_NAME, DOUBLE_PUPPET_SOURCE};

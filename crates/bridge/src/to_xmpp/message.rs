@@ -1,10 +1,13 @@
 //! The user's message in a portal, sent to the contact as `type="chat"` (split to the configured
-//! size); lines for the bot (`!msn …`, or anything in a room with the bot) are commands.
+//! size), with its reply (XEP-0461 and a quote line) or as a correction (XEP-0308) where the
+//! user's server carries them, a quote line and "✎ new text" where not; lines for the bot
+//! (`!msn …`, or anything in a room with the bot) are commands.
 
 use serde_json::Value;
 use xmpp_core::Jid;
+use xmpp_core::ns;
 use xmpp_core::session::IqError;
-use xmpp_core::stanza::{ChatState, Message};
+use xmpp_core::stanza::{ChatState, Fallback, Message, Reply};
 
 use super::{HandleError, Sent};
 use crate::context::{Bridge, short_hash};
@@ -47,10 +50,49 @@ pub(super) async fn on_message(
         return Ok(None);
     }
     let contact = Jid::parse(&portal_contact).map_err(|e| HandleError::Fail(e.to_string()))?;
-    let text = mapping::matrix_to_xmpp_body(content, inner.matrix.base_url()).ok_or_else(|| {
-        HandleError::Fail("this kind of message cannot be sent to Messenger".into())
-    })?;
+    let relates = &content["m.relates_to"];
+    let is_edit = relates["rel_type"] == "m.replace";
+    // An edit carries its new text in `m.new_content`; its `body` is a "* …" fallback.
+    let shown = match &content["m.new_content"] {
+        new if is_edit && new.is_object() => new,
+        _ => content,
+    };
+    let mut text =
+        mapping::matrix_to_xmpp_body(shown, inner.matrix.base_url()).ok_or_else(|| {
+            HandleError::Fail("this kind of message cannot be sent to Messenger".into())
+        })?;
     let event_id = event["event_id"].as_str().unwrap_or("");
+    let standard = speaks_relations(bridge, sender).await;
+    // XEP-0308 names the first message of a correction chain, as Matrix edits do.
+    let mut replace = None;
+    if is_edit {
+        let target = relates["event_id"].as_str().unwrap_or("");
+        replace = match standard {
+            true => stanza_of(bridge, room_id, target).await?,
+            false => None,
+        };
+        if replace.is_none() {
+            text = format!("✎ {text}");
+        }
+    }
+    let mut reply = None;
+    let mut fallback_len = 0;
+    if let Some(target) = relates["m.in_reply_to"]["event_id"]
+        .as_str()
+        .filter(|_| !is_edit)
+    {
+        if let Some(quote) = quote_of(bridge, room_id, target).await {
+            let line = format!("> {quote}\n");
+            fallback_len = line.chars().count();
+            text = format!("{line}{text}");
+        }
+        if standard {
+            reply = stanza_of(bridge, room_id, target).await?.map(|id| Reply {
+                to: Some(contact.to_string()),
+                id,
+            });
+        }
+    }
     let parts = mapping::split_text(&text, inner.config.bridge.max_message_bytes);
     let base_id = format!("mx{}", short_hash(event_id));
     for (i, part) in parts.iter().enumerate() {
@@ -64,24 +106,21 @@ pub(super) async fn on_message(
         // the bridge knows its own messages there.
         message.origin_id.clone_from(&message.id);
         message.chat_state = Some(ChatState::Active);
-        match inner.xmpp.send_message(sender, &message).await {
-            Ok(()) => {}
-            Err(IqError::NotConnected) => {
-                let state = inner
-                    .store
-                    .linked_user(sender)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|u| u.connection_state)
-                    .unwrap_or_default();
-                return Err(HandleError::NotConnected {
-                    user: sender.to_owned(),
-                    reason: format!("your XMPP account is not connected ({state})"),
-                });
+        if i == 0 {
+            if let Some(reply) = &reply {
+                message.reply = Some(reply.clone());
+                if fallback_len > 0 && fallback_len <= part.chars().count() {
+                    message.fallbacks = vec![Fallback {
+                        for_ns: ns::REPLY.into(),
+                        ranges: vec![(0, fallback_len)],
+                    }];
+                }
             }
-            Err(e) => return Err(HandleError::Retry(e.to_string())),
+            if parts.len() == 1 {
+                message.replace.clone_from(&replace);
+            }
         }
+        send_to_contact(bridge, sender, &message).await?;
     }
     if parts.len() > 1 {
         tracing::info!(
@@ -92,4 +131,85 @@ pub(super) async fn on_message(
     }
     inner.typing_clear(room_id);
     Ok(Some((room_id.to_owned(), event_id.to_owned(), base_id)))
+}
+
+/// Sends a stanza on the user's session: not connected is retried once it is, anything else
+/// later.
+pub(super) async fn send_to_contact(
+    bridge: &Bridge,
+    user: &str,
+    message: &Message,
+) -> Result<(), HandleError> {
+    let inner = &bridge.inner;
+    match inner.xmpp.send_message(user, message).await {
+        Ok(()) => Ok(()),
+        Err(IqError::NotConnected) => {
+            let state = inner
+                .store
+                .linked_user(user)
+                .await
+                .ok()
+                .flatten()
+                .map(|u| u.connection_state)
+                .unwrap_or_default();
+            Err(HandleError::NotConnected {
+                user: user.to_owned(),
+                reason: format!("your XMPP account is not connected ({state})"),
+            })
+        }
+        Err(e) => Err(HandleError::Retry(e.to_string())),
+    }
+}
+
+/// Whether the user's server carries replies, corrections, retractions and reactions
+/// (XEP-0461, 0308, 0424, 0444): a standard server does; the Messenger profile gets the text
+/// fallbacks.
+pub(super) async fn speaks_relations(bridge: &Bridge, user: &str) -> bool {
+    matches!(
+        bridge.inner.store.linked_user(user).await,
+        Ok(Some(u)) if u.server_profile == store::ServerProfile::Standard
+    )
+}
+
+/// The XMPP id of a bridged message of a portal, if the bridge knows it.
+pub(super) async fn stanza_of(
+    bridge: &Bridge,
+    room: &str,
+    event: &str,
+) -> Result<Option<String>, HandleError> {
+    let found = bridge
+        .inner
+        .store
+        .message_by_event(room, event)
+        .await
+        .map_err(|e| HandleError::Retry(e.to_string()))?;
+    Ok(found.map(|m| m.xmpp_stanza_id))
+}
+
+/// The first line of a message of the room, shortened, to quote it; `None` if it cannot be
+/// read.
+pub(super) async fn quote_of(bridge: &Bridge, room: &str, event: &str) -> Option<String> {
+    let (Ok(room_id), Ok(event_id)) = (ruma::RoomId::parse(room), ruma::EventId::parse(event))
+    else {
+        return None;
+    };
+    let reader = bridge.ghost_or_bot_in(room).await;
+    let target = match bridge
+        .inner
+        .matrix
+        .event(&reader, &room_id, &event_id)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(room, event, error = %e, "cannot read the message replied to");
+            return None;
+        }
+    };
+    let content = match &target["content"]["m.new_content"] {
+        new if new.is_object() => new,
+        _ => &target["content"],
+    };
+    let text = mapping::matrix_to_xmpp_body(content, bridge.inner.matrix.base_url())?;
+    Some(mapping::excerpt(&text, 80))
 }

@@ -8,6 +8,7 @@ mod ephemeral;
 mod membership;
 mod message;
 mod record;
+mod relations;
 
 pub(crate) use record::Source;
 
@@ -63,6 +64,8 @@ pub(crate) async fn handle_matrix_event(
             Ok(None)
         }
         "m.room.message" => message::on_message(bridge, event, sender, room_id).await,
+        "m.reaction" => relations::on_reaction(bridge, event, sender, room_id).await,
+        "m.room.redaction" => relations::on_redaction(bridge, event, sender, room_id).await,
         _ => Ok(None),
     }
 }

@@ -133,7 +133,10 @@ fn should_record(bridge: &Bridge, event: &Value) -> bool {
     // except an invite: it is refused, without the bot or a ghost joining.
     let allowed = bridge.inner.config.bridge.level(sender).is_some();
     match event["type"].as_str() {
-        Some("m.room.message" | "m.room.encrypted" | "m.room.encryption") => allowed,
+        Some(
+            "m.room.message" | "m.room.encrypted" | "m.room.encryption" | "m.reaction"
+            | "m.room.redaction",
+        ) => allowed,
         Some("m.room.member") => allowed || event["content"]["membership"] == "invite",
         _ => false,
     }

@@ -1,5 +1,6 @@
 //! `<message/>` stanzas (RFC 6121 §5) with the payloads the bridge maps: body, XEP-0085 chat
-//! state, XEP-0203 delay, and errors.
+//! state, XEP-0203 delay, errors, and what a message says about an earlier one (replies,
+//! corrections, retractions, reactions, markers: [`super::relations`]).
 //!
 //! ```xml
 //! <message from='bob@x/phone' to='alice@x' type='chat' id='m1'>
@@ -76,6 +77,22 @@ pub struct Message {
     pub stanza_ids: Vec<(String, String)>,
     /// XEP-0359 `<origin-id/>`: the sender's own id for the message.
     pub origin_id: Option<String>,
+    /// XEP-0461: the message this one answers.
+    pub reply: Option<super::Reply>,
+    /// XEP-0428: parts of the body only there for clients without some XEP.
+    pub fallbacks: Vec<super::Fallback>,
+    /// XEP-0308: the id of the message this one corrects (its new text is the body).
+    pub replace: Option<String>,
+    /// XEP-0424: the id of the message the sender takes back.
+    pub retract: Option<String>,
+    /// XEP-0444: the sender's reactions to a message.
+    pub reactions: Option<super::Reactions>,
+    /// XEP-0333: the sender asks for chat markers.
+    pub markable: bool,
+    /// XEP-0333: the id of the last message the sender has read.
+    pub displayed: Option<String>,
+    /// XEP-0334 `<store/>`: to be kept (offline storage, archive) although it has no body.
+    pub store_hint: bool,
 }
 
 impl Message {
@@ -103,6 +120,14 @@ impl Message {
             error: None,
             stanza_ids: Vec::new(),
             origin_id: None,
+            reply: None,
+            fallbacks: Vec::new(),
+            replace: None,
+            retract: None,
+            reactions: None,
+            markable: false,
+            displayed: None,
+            store_hint: false,
         }
     }
 
@@ -160,6 +185,14 @@ impl Message {
                 .child("origin-id", ns::SID)
                 .and_then(|c| c.attr("id"))
                 .map(str::to_owned),
+            reply: super::relations::reply(el),
+            fallbacks: super::relations::fallbacks(el),
+            replace: super::relations::replace(el),
+            retract: super::relations::retract(el),
+            reactions: super::relations::reactions(el),
+            markable: el.child("markable", ns::MARKERS).is_some(),
+            displayed: super::relations::displayed(el),
+            store_hint: el.child("store", ns::HINTS).is_some(),
         };
         Ok((message, body))
     }
@@ -196,6 +229,7 @@ impl Message {
         if let Some(id) = &self.origin_id {
             el.push_child(Element::new("origin-id", ns::SID).with_attr("id", id.clone()));
         }
+        super::relations::push_elements(&mut el, self);
         el
     }
 }
