@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) portals: Mutex<crate::portal_cache::PortalCache>,
     /// Rooms the homeserver sent events of, with when it last did: read after an outage.
     pub(crate) matrix_activity: Mutex<HashMap<String, std::time::Instant>>,
+    /// Events refused over their portal's cap in this run (a catch-up leaves them out).
+    pub(crate) refused_events: Mutex<HashSet<String>>,
     /// The linked users' last Matrix presence sent to XMPP.
     pub(crate) user_presence: Mutex<HashMap<String, (String, Option<String>)>>,
     /// Connection state per user and whether its disconnect was announced.
@@ -180,6 +182,7 @@ impl Bridge {
                 ghosts_ready: Mutex::default(),
                 portals: Mutex::default(),
                 matrix_activity: Mutex::default(),
+                refused_events: Mutex::default(),
                 user_presence: Mutex::default(),
                 states: Mutex::default(),
                 metrics: crate::metrics::Metrics::default(),

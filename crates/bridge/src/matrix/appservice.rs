@@ -124,18 +124,12 @@ async fn transaction(
             );
         }
     };
-    // After an outage, what the homeserver may have lost goes first, so order is kept.
-    if let Err(e) = bridge.catch_up_from_homeserver().await {
-        tracing::warn!(error = %e, "cannot read what the homeserver may not have sent yet; recording this transaction first, the catch-up is retried");
-    }
     let events = txn
         .events
         .iter()
         .filter_map(|raw| serde_json::from_str::<Value>(raw.json().get()).ok());
-    if let Err(e) = bridge
-        .record_from_homeserver(events, arrived, crate::to_xmpp::Source::Transaction)
-        .await
-    {
+    // After an outage, what the homeserver may have lost is recorded first, so order is kept.
+    if let Err(e) = bridge.record_transaction(events, arrived).await {
         tracing::error!(error = %e, "cannot record an event; asking the homeserver to retry");
         return matrix_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -211,28 +211,30 @@ impl MatrixClient {
             what,
             reason: e.to_string(),
         })?;
-        let response = self.http.execute(request).await.map_err(|e| {
-            self.outages.note(super::outage::Seen::Unreachable);
+        // A refused or broken connection is a sign of a restart; a slow answer is not.
+        let unreachable = |e: reqwest::Error| {
+            if !e.is_timeout() {
+                self.outages.note(super::outage::Seen::Unreachable);
+            }
             MatrixError::Unreachable {
                 url: self.base.clone(),
                 reason: error_chain(&e),
             }
-        })?;
+        };
+        let response = self.http.execute(request).await.map_err(unreachable)?;
         let status = response.status();
-        // What a proxy answers while the homeserver behind it restarts.
-        if matches!(status.as_u16(), 502..=504) {
-            self.outages.note(super::outage::Seen::Unreachable);
-        }
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| MatrixError::Unreachable {
-                url: self.base.clone(),
-                reason: error_chain(&e),
-            })?;
+        let body = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
+            let parsed: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+            // A proxy's own page while the homeserver behind it restarts; the homeserver's own
+            // 502 or 504 (a remote server failed) is a Matrix error.
+            if matches!(status.as_u16(), 502..=504)
+                && parsed.as_ref().is_none_or(|p| p.errcode.is_empty())
+            {
+                self.outages.note(super::outage::Seen::Unreachable);
+            }
+            let parsed = parsed.unwrap_or(ErrorBody {
                 errcode: "M_UNKNOWN".into(),
                 error: String::from_utf8_lossy(&body).chars().take(200).collect(),
                 retry_after_ms: None,

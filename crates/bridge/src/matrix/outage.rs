@@ -3,14 +3,15 @@
 //! Synapse holds the events it has not yet put in an appservice transaction in memory while one
 //! transaction is in flight, and forgets them when it stops (element-hq/synapse#11637, open): a
 //! message the user sent in the second before a restart never reaches the bridge, and nothing
-//! on the Matrix side says so. The bridge therefore notes every sign of an outage: a request
-//! that cannot reach the homeserver, or the one idle TCP connection it keeps open to it (no
-//! request on it, so nothing in the homeserver's logs) closing. Before it records anything more
-//! from the homeserver it reads the portals' recent history and records what it never got, in
-//! order (`to_xmpp::catch_up`).
+//! on the Matrix side says so. The bridge therefore notes the signs of an outage: a request
+//! that cannot reach the homeserver, or the one TCP connection it keeps open to it without a
+//! request (so nothing in the homeserver's logs) closing. Before it records anything more from
+//! the homeserver it reads the portals' recent history and records what it never got, in order
+//! (`to_xmpp::catch_up`).
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -22,15 +23,18 @@ use crate::context::{Bridge, now_ms};
 pub(crate) enum Seen {
     /// A request or a connection could not reach it: it was down. Every portal is read.
     Unreachable,
-    /// The idle connection closed: the homeserver stopped, or only dropped an idle connection
-    /// (Synapse does after a minute). Only portals with recent events are read.
+    /// The watched connection closed while the homeserver still takes connections (it stopped
+    /// and came back while this process was frozen, or a proxy in front dropped it). Only
+    /// portals with recent events are read.
     ConnectionClosed,
 }
 
 /// An outage that has not been caught up yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Gap {
-    /// When the first sign was seen (unix ms).
+    /// Events from this time on (unix ms) may be lost: the first sign, or the last transaction
+    /// received before it if that was earlier (the one in flight when the homeserver stopped
+    /// may never have arrived).
     pub(crate) since_ms: i64,
     /// Whether to read every portal, not only the recently active ones.
     pub(crate) every_portal: bool,
@@ -41,23 +45,40 @@ pub(crate) struct Gap {
 #[derive(Debug, Default)]
 pub(crate) struct Outages {
     state: Mutex<Option<Gap>>,
-    noted: std::sync::atomic::AtomicU64,
-    /// Held while a catch-up runs, so transactions wait for it and it runs once.
-    pub(crate) catching_up: tokio::sync::Mutex<()>,
+    noted: AtomicU64,
+    /// When the last transaction arrived (unix ms; 0: none in this run).
+    last_transaction_ms: AtomicI64,
+    /// Held while events from the homeserver are recorded, by a transaction or a catch-up:
+    /// one at a time, so a portal's events are recorded in order and a transaction waits for
+    /// the catch-up before it.
+    pub(crate) recording: tokio::sync::Mutex<()>,
 }
 
 impl Outages {
     /// Notes a sign of an outage; the gap starts at the first sign not yet caught up.
     pub(crate) fn note(&self, seen: Seen) {
-        let noted = self.noted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let noted = self.noted.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = now_ms();
+        let last = self.last_transaction_ms.load(Ordering::SeqCst);
+        let since_ms = if last > 0 { now.min(last) } else { now };
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let gap = state.get_or_insert(Gap {
-            since_ms: now_ms(),
+            since_ms,
             every_portal: false,
             noted,
         });
+        if seen == Seen::Unreachable && !gap.every_portal {
+            tracing::info!(
+                "the homeserver is unreachable; what it may not have sent the bridge is read back once it answers"
+            );
+        }
         gap.every_portal |= seen == Seen::Unreachable;
         gap.noted = noted;
+    }
+
+    /// Notes that a transaction arrived now.
+    pub(crate) fn note_transaction(&self) {
+        self.last_transaction_ms.store(now_ms(), Ordering::SeqCst);
     }
 
     /// The gap to catch up, if any.
@@ -85,6 +106,41 @@ fn address(base: &str) -> Option<String> {
     ))
 }
 
+/// A connection that lived this long and then closed while the server takes new ones at once
+/// was dropped for being idle (Synapse does after a minute), not by a stopping server.
+const IDLE_DROP_AFTER: Duration = Duration::from_secs(50);
+/// A gap this long between the watcher's ticks means this process was frozen or starved.
+const STALL: Duration = Duration::from_secs(2);
+
+async fn connect(address: &str) -> Option<TcpStream> {
+    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(address))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Waits until the connection closes; returns whether this process stalled meanwhile.
+async fn until_closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_tick = Instant::now();
+    let mut stalled = false;
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                // Nothing is ever sent on this connection: any read ends when it closes.
+                if matches!(read, Ok(0) | Err(_)) {
+                    return stalled || last_tick.elapsed() > STALL;
+                }
+            }
+            _ = tick.tick() => {
+                stalled |= last_tick.elapsed() > STALL;
+                last_tick = Instant::now();
+            }
+        }
+    }
+}
+
 impl Bridge {
     /// Keeps one idle connection to the homeserver and notes an outage when it closes or
     /// cannot be opened; after one, catches up as soon as the homeserver answers again.
@@ -97,13 +153,18 @@ impl Bridge {
             );
             return;
         };
+        let mut next: Option<TcpStream> = None;
         loop {
-            let connected =
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&address)).await;
-            let Ok(Ok(mut stream)) = connected else {
-                matrix.outages().note(Seen::Unreachable);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            let mut stream = match next.take() {
+                Some(s) => s,
+                None => match connect(&address).await {
+                    Some(s) => s,
+                    None => {
+                        matrix.outages().note(Seen::Unreachable);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
             };
             while matrix.outages().open().is_some() {
                 match self.catch_up_from_homeserver().await {
@@ -114,16 +175,22 @@ impl Bridge {
                     }
                 }
             }
-            // Nothing is ever sent on this connection: any read ends when it closes.
-            let mut buf = [0u8; 64];
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+            let opened = Instant::now();
+            let stalled = until_closed(&mut stream).await;
+            if opened.elapsed() >= IDLE_DROP_AFTER && !stalled {
+                // Dropped for being idle, if the server takes a new one at once.
+                next = connect(&address).await;
+                if next.is_some() {
+                    tracing::trace!("the homeserver dropped the idle watch connection");
+                    continue;
                 }
+                matrix.outages().note(Seen::Unreachable);
+            } else {
+                tracing::debug!(stalled, "the watch connection to the homeserver closed");
+                matrix.outages().note(Seen::ConnectionClosed);
             }
-            tracing::debug!("the idle connection to the homeserver closed");
-            matrix.outages().note(Seen::ConnectionClosed);
+            // At most one new connection a second.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
@@ -150,6 +217,20 @@ mod tests {
         assert_eq!(outages.open(), Some(second), "a later sign keeps it open");
         outages.close(&second);
         assert_eq!(outages.open(), None);
+    }
+
+    #[test]
+    fn a_gap_starts_at_the_last_transaction_before_its_first_sign() {
+        let outages = Outages::default();
+        outages.note_transaction();
+        let received = outages.last_transaction_ms.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        outages.note(Seen::ConnectionClosed);
+        assert_eq!(
+            outages.open().unwrap().since_ms,
+            received,
+            "the transaction in flight at the stop may never have arrived"
+        );
     }
 
     #[test]

@@ -36,7 +36,11 @@ impl Bridge {
         // Only real users' messages and memberships are recorded; most transactions carry just
         // the echoes of our own ghosts, and those need no database work at all.
         let events: Vec<(String, String, Vec<u8>, bool)> = events
-            .inspect(|event| self.note_matrix_activity(event))
+            .inspect(|event| {
+                if source == Source::Transaction {
+                    self.note_matrix_activity(event);
+                }
+            })
             .filter(|event| should_record(self, event))
             .filter_map(|event| {
                 let room = event["room_id"].as_str()?.to_owned();
@@ -51,6 +55,7 @@ impl Bridge {
             // through.
             if *message && self.portal_full(room, event_id).await? {
                 if source == Source::Transaction {
+                    self.remember_refused(event_id);
                     refuse_over_cap(self, room);
                 }
                 continue;
@@ -73,6 +78,20 @@ impl Bridge {
             }
         }
         Ok(new)
+    }
+
+    /// Remembers an event refused over its portal's cap (the user was told to send it again),
+    /// so a catch-up does not take it after all. Kept in memory, for the last 10,000.
+    fn remember_refused(&self, event_id: &str) {
+        let mut refused = self
+            .inner
+            .refused_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.len() >= 10_000 {
+            refused.clear();
+        }
+        refused.insert(event_id.to_owned());
     }
 
     /// Remembers that the homeserver sent an event of this room now (read after an outage).
