@@ -267,7 +267,8 @@ async fn on_the_messenger_profile_they_fall_back_to_text_and_notices() {
     let m1 = user
         .send_json(&room, "m.room.message", text(&format!("{tag} typo")))
         .await;
-    message_with_body(&mut bob, &format!("{tag} typo")).await;
+    let first = message_with_body(&mut bob, &format!("{tag} typo")).await;
+    assert_eq!(first["markable"], false, "no XEP-0333 on Messenger");
     user.send_json(
         &room,
         "m.room.message",
@@ -333,6 +334,81 @@ async fn on_the_messenger_profile_they_fall_back_to_text_and_notices() {
             .any(|e| e["retract"].is_string() || e["reactions"].is_object()),
         "no XEP elements on Messenger: {extra:?}"
     );
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+/// XEP-0333 both ways: the user reading a contact's markable message sends `<displayed/>`
+/// naming it; the contact's `<displayed/>` moves their ghost's read receipt onto the user's
+/// message, which the bridge sent `<markable/>`.
+#[tokio::test]
+async fn read_markers_flow_both_ways_on_a_standard_server() {
+    use ruma::api::client::receipt::create_receipt::v3::ReceiptType as SendReceipt;
+    use ruma::events::receipt::{ReceiptThread, ReceiptType};
+
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "reader").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob, false).await;
+    let ghost = ghost_of(&env, "bob");
+    let alice = alice(&env);
+    let tag = unique("read");
+
+    bob.command(json!({"op": "send_raw", "xml": format!(
+        "<message to='{alice}' type='chat' id='bob-m1'><body>{tag} read me</body>\
+         <markable xmlns='urn:xmpp:chat-markers:0'/></message>")}))
+        .await;
+    let event = user
+        .wait_event(&room, "the contact's markable message", |e| {
+            e["content"]["body"] == format!("{tag} read me")
+        })
+        .await;
+    let event_id = EventId::parse(event["event_id"].as_str().unwrap()).unwrap();
+    let matrix_room = user.client.get_room(&room).unwrap();
+    matrix_room
+        .send_single_receipt(SendReceipt::Read, ReceiptThread::Unthreaded, event_id)
+        .await
+        .unwrap();
+    let marker = bob.wait_for(T, |e| e["displayed"].is_string()).await;
+    assert_eq!(marker["displayed"], "bob-m1");
+
+    user.send_text(&room, &format!("{tag} did you read")).await;
+    let mine = message_with_body(&mut bob, &format!("{tag} did you read")).await;
+    assert_eq!(
+        mine["markable"], true,
+        "the bridge asks for markers: {mine}"
+    );
+    let mine_event = user
+        .wait_event(&room, "the user's message", |e| {
+            e["content"]["body"] == format!("{tag} did you read")
+        })
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.command(json!({"op": "send_raw", "xml": format!(
+        "<message to='{alice}' type='chat' id='bob-d1'>\
+         <displayed xmlns='urn:xmpp:chat-markers:0' id='{}'/></message>", mine["id"].as_str().unwrap())}))
+        .await;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let receipt = matrix_room
+            .load_user_receipt(ReceiptType::Read, ReceiptThread::Unthreaded, &ghost)
+            .await
+            .unwrap();
+        if receipt
+            .as_ref()
+            .is_some_and(|(e, _)| e.as_str() == mine_event)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ghost's read receipt is not on the user's message: {receipt:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     bob.quit().await;
     bridge.stop().await;
 }

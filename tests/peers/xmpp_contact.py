@@ -17,8 +17,9 @@ Events, one JSON object per line on stdout:
     {"event": "ready", "jid": FULL_JID}
     {"event": "message", "from", "to", "type", "id", "body", "state", "delay",
      "reply": {"to", "id"}, "fallbacks": [{"for", "ranges": [[start, end]]}], "replace": ID,
-     "retract": ID, "reactions": {"id", "keys": [EMOJI]}, "store": BOOL}
-                                          (the XEP-0461, 0428, 0308, 0424, 0444, 0334 elements;
+     "retract": ID, "reactions": {"id", "keys": [EMOJI]}, "store": BOOL, "markable": BOOL,
+     "displayed": ID}
+                                          (the XEP-0461, 0428, 0308, 0424, 0444, 0334, 0333 elements;
                                           null or empty when absent)
     {"event": "presence", "from", "type", "show", "status"}
     {"event": "failed", "reason"}         (login failed; the process exits 1)
@@ -93,6 +94,7 @@ class Contact(slixmpp.ClientXMPP):
         replace = msg.xml.find("{urn:xmpp:message-correct:0}replace")
         retract = msg.xml.find("{urn:xmpp:message-retract:1}retract")
         reactions = msg.xml.find("{urn:xmpp:reactions:0}reactions")
+        displayed = msg.xml.find("{urn:xmpp:chat-markers:0}displayed")
         fallbacks = [
             {
                 "for": f.get("for"),
@@ -124,6 +126,8 @@ class Contact(slixmpp.ClientXMPP):
                 if reactions is not None
                 else None,
                 "store": msg.xml.find("{urn:xmpp:hints}store") is not None,
+                "markable": msg.xml.find("{urn:xmpp:chat-markers:0}markable") is not None,
+                "displayed": displayed.get("id") if displayed is not None else None,
             }
         )
 

@@ -70,6 +70,9 @@ pub(crate) struct Inner {
     pub(crate) matrix_activity: Mutex<HashMap<String, std::time::Instant>>,
     /// Events refused over their portal's cap in this run (a catch-up leaves them out).
     pub(crate) refused_events: Mutex<HashSet<String>>,
+    /// `room|stanza id` of the contacts' messages delivered in this run that asked for read
+    /// markers (XEP-0333), until the user has read them.
+    pub(crate) markable: Mutex<HashSet<String>>,
     /// The linked users' last Matrix presence sent to XMPP.
     pub(crate) user_presence: Mutex<HashMap<String, (String, Option<String>)>>,
     /// Connection state per user and whether its disconnect was announced.
@@ -183,6 +186,7 @@ impl Bridge {
                 portals: Mutex::default(),
                 matrix_activity: Mutex::default(),
                 refused_events: Mutex::default(),
+                markable: Mutex::default(),
                 user_presence: Mutex::default(),
                 states: Mutex::default(),
                 metrics: crate::metrics::Metrics::default(),

@@ -53,6 +53,9 @@ pub(crate) enum ToMatrixKind {
         /// quote, dropped when the answered message is found in Matrix).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<ReplyTo>,
+        /// XEP-0333: the contact's client wants to know when the user has read it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        markable: bool,
     },
     /// XEP-0424: the contact took a message back.
     Retract {
@@ -121,6 +124,7 @@ impl ToMatrix {
                 own: None,
                 replaces: None,
                 reply_to: None,
+                markable: false,
             },
         )
     }
@@ -137,6 +141,14 @@ impl ToMatrix {
         {
             *replaces = corrects;
             *reply_to = answers;
+        }
+        self
+    }
+
+    /// Marks the message as asking for read markers (XEP-0333).
+    pub(crate) fn markable(mut self, wanted: bool) -> Self {
+        if let ToMatrixKind::Message { markable, .. } = &mut self.kind {
+            *markable = wanted;
         }
         self
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::client::{
-    account, appservice, discovery, media, membership, message, presence, profile, redact,
+    account, appservice, discovery, media, membership, message, presence, profile, receipt, redact,
     relations, room, state, typing,
 };
 use ruma::api::path_builder::{PathBuilder, SinglePath, VersionHistory};
@@ -445,6 +445,21 @@ impl MatrixClient {
             .iter()
             .filter_map(|e| serde_json::from_str(e.json().get()).ok())
             .collect())
+    }
+
+    /// Marks `event` (and all before it) read by `user`.
+    pub async fn read_receipt(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        event: &EventId,
+    ) -> Result<(), MatrixError> {
+        let request = receipt::create_receipt::v3::Request::new(
+            room.to_owned(),
+            receipt::create_receipt::v3::ReceiptType::Read,
+            event.to_owned(),
+        );
+        self.send(request, Some(user)).await.map(|_| ())
     }
 
     /// Redacts an event as `user`, idempotently per `txn_id`.

@@ -143,6 +143,7 @@ impl Bridge {
                 own,
                 replaces,
                 reply_to,
+                markable,
                 ..
             } => {
                 let ts = payload.origin_ts();
@@ -253,6 +254,9 @@ impl Bridge {
                     }
                     _ => None,
                 };
+                if let (true, Some((room, _, stanza))) = (*markable, &mapping) {
+                    self.remember_markable(room, stanza);
+                }
                 // A message ends typing (XEP-0085 §5.3), if the ghost was shown typing.
                 if own.is_none() {
                     let t = Instant::now();

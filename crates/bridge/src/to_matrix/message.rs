@@ -70,6 +70,10 @@ impl Bridge {
             return;
         }
         let body = m.body.clone().filter(|b| !b.is_empty());
+        if let (None, Some(read)) = (&body, &m.displayed) {
+            self.on_contact_read(account, &from, read).await;
+            return;
+        }
         let Some(body) = body else {
             // A chat state alone (XEP-0085): the ghost's typing, sent only when it changes.
             if let Some(state) = m.chat_state {
@@ -287,7 +291,8 @@ impl Bridge {
                 .collect(),
         });
         let mut payload = ToMatrix::message(account, &contact, body, ts, m.id.clone(), received)
-            .with_relations(m.replace.clone(), reply_to);
+            .with_relations(m.replace.clone(), reply_to)
+            .markable(m.markable && own.is_none());
         if let Some(own) = own {
             payload = payload.own_message(own.to_string());
         }

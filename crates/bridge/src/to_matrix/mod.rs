@@ -3,6 +3,7 @@
 //! ghost, roster names remembered.
 
 mod deliver;
+mod markers;
 mod message;
 mod presence;
 mod relations;

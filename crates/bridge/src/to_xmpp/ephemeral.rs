@@ -1,5 +1,5 @@
-//! Ephemeral Matrix data: the user's typing in a portal as XEP-0085 chat states, and their
-//! Matrix presence as their XMPP presence.
+//! Ephemeral Matrix data: the user's typing in a portal as XEP-0085 chat states, their read
+//! receipts as XEP-0333 markers, and their Matrix presence as their XMPP presence.
 
 use serde_json::Value;
 use xmpp_core::Jid;
@@ -55,6 +55,7 @@ impl Bridge {
                     tracing::debug!(error = %e, "could not send a chat state");
                 }
             }
+            Some("m.receipt") => self.on_receipts(data).await,
             Some("m.presence") if inner.config.bridge.presence_from_matrix => {
                 let Some(user) = data["sender"].as_str() else {
                     return;
@@ -83,6 +84,52 @@ impl Bridge {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The user's read receipts in a portal: the contact's messages that asked for markers
+    /// (XEP-0333) get a `<displayed/>`, on servers that carry them. Only the newest one read is
+    /// marked: a marker means "read up to here".
+    async fn on_receipts(&self, data: &Value) {
+        let Some(room) = data["room_id"].as_str() else {
+            return;
+        };
+        let Ok(Some((user, contact))) = self.portal_by_room(room).await else {
+            return;
+        };
+        let Some(receipts) = data["content"].as_object() else {
+            return;
+        };
+        let mut read: Vec<(i64, &str)> = receipts
+            .iter()
+            .filter_map(|(event, r)| {
+                // Only public receipts: a private one (`m.read.private`) must not reach
+                // the contact, and the homeserver does not send those to appservices anyway.
+                let ts = r["m.read"][user.as_str()]["ts"].as_i64()?;
+                Some((ts, event.as_str()))
+            })
+            .collect();
+        read.sort_unstable();
+        let Some((_, event)) = read.last() else {
+            return;
+        };
+        let stanza = match self.inner.store.message_by_event(room, event).await {
+            Ok(Some(m)) => m.xmpp_stanza_id,
+            _ => return,
+        };
+        if !self.take_markable(room, &stanza)
+            || !super::message::speaks_relations(self, &user).await
+        {
+            return;
+        }
+        let Ok(contact) = Jid::parse(&contact) else {
+            return;
+        };
+        let mut marker = Message::chat(contact, "");
+        marker.body = None;
+        marker.displayed = Some(stanza);
+        if let Err(e) = self.inner.xmpp.send_message(&user, &marker).await {
+            tracing::debug!(error = %e, "could not send a read marker");
         }
     }
 }

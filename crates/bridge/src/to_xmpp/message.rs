@@ -106,6 +106,8 @@ pub(super) async fn on_message(
         // the bridge knows its own messages there.
         message.origin_id.clone_from(&message.id);
         message.chat_state = Some(ChatState::Active);
+        // XEP-0333: the contact's client says when it was read (the ghost's read receipt).
+        message.markable = standard;
         if i == 0 {
             if let Some(reply) = &reply {
                 message.reply = Some(reply.clone());
