@@ -412,3 +412,52 @@ async fn read_markers_flow_both_ways_on_a_standard_server() {
     bob.quit().await;
     bridge.stop().await;
 }
+
+/// Formatting both ways (XEP-0393 message styling ⇄ Matrix HTML) on a standard server; on the
+/// Messenger profile the plain body goes, with the user's own marks.
+#[tokio::test]
+async fn formatting_becomes_styling_and_back() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "styled").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob, false).await;
+    let ghost = ghost_of(&env, "bob");
+    let alice = alice(&env);
+    let tag = unique("style");
+    let html = |tag: &str| {
+        json!({
+            "msgtype": "m.text",
+            "body": format!("{tag} **bold** and _it_"),
+            "format": "org.matrix.custom.html",
+            "formatted_body": format!("{tag} <strong>bold</strong> and <em>it</em> <code>a*b</code>"),
+        })
+    };
+    user.send_json(&room, "m.room.message", html(&tag)).await;
+    message_with_body(&mut bob, &format!("{tag} *bold* and _it_ `a*b`")).await;
+
+    bob.send_chat(&alice, Some(&format!("{tag} *yes* `x_y`")), None)
+        .await;
+    let styled = user
+        .wait_event(&room, "the contact's styled message", |e| {
+            e["sender"] == ghost.as_str() && e["content"]["body"] == format!("{tag} *yes* `x_y`")
+        })
+        .await;
+    assert_eq!(styled["content"]["format"], "org.matrix.custom.html");
+    assert_eq!(
+        styled["content"]["formatted_body"],
+        format!("{tag} <strong>yes</strong> <code>x_y</code>")
+    );
+    bob.quit().await;
+    bridge.stop().await;
+
+    // The Messenger profile: the plain body, marks and all.
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    let user = MatrixUser::new(&env, "plainstyle").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
+    let room = portal_with_bob(&env, &mut bridge, &user, &mut bob).await;
+    user.send_json(&room, "m.room.message", html(&tag)).await;
+    message_with_body(&mut bob, &format!("{tag} **bold** and _it_")).await;
+    bob.quit().await;
+    bridge.stop().await;
+}

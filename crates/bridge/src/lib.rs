@@ -25,6 +25,7 @@ mod payload;
 mod portal_cache;
 mod portals;
 mod sessions;
+pub mod styling;
 mod to_matrix;
 mod to_xmpp;
 

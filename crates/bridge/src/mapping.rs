@@ -5,12 +5,19 @@ use ruma::presence::PresenceState;
 use serde_json::{Value, json};
 use xmpp_core::stanza::{ChatState, Presence, PresenceType, Show};
 
-/// An XMPP message body as Matrix `m.room.message` content: `/me ` becomes `m.emote`.
+/// An XMPP message body as Matrix `m.room.message` content: `/me ` becomes `m.emote`, and
+/// XEP-0393 styling is also given as HTML (the body keeps its marks).
 pub fn xmpp_body_to_matrix(body: &str) -> Value {
-    match body.strip_prefix("/me ") {
-        Some(action) => json!({"msgtype": "m.emote", "body": action}),
-        None => json!({"msgtype": "m.text", "body": body}),
+    let (msgtype, text) = match body.strip_prefix("/me ") {
+        Some(action) => ("m.emote", action),
+        None => ("m.text", body),
+    };
+    let mut content = json!({"msgtype": msgtype, "body": text});
+    if let Some(html) = crate::styling::styled_to_html(text) {
+        content["format"] = json!("org.matrix.custom.html");
+        content["formatted_body"] = json!(html);
     }
+    content
 }
 
 /// A notice for the portal (errors, delivery failures).
@@ -19,13 +26,15 @@ pub fn notice(text: &str) -> Value {
 }
 
 /// Matrix `m.room.message` content as an XMPP body. `None` for content we cannot express (the
-/// caller answers with a notice). `media_base` turns `mxc://` URLs into links.
-pub fn matrix_to_xmpp_body(content: &Value, media_base: &str) -> Option<String> {
+/// caller answers with a notice). `media_base` turns `mxc://` URLs into links. With `styled`
+/// (the contact's server is a standard one) HTML becomes XEP-0393 styling; without, the plain
+/// `body` is sent, which already carries the user's marks.
+pub fn matrix_to_xmpp_body(content: &Value, media_base: &str, styled: bool) -> Option<String> {
     let msgtype = content.get("msgtype")?.as_str()?;
     let body = content.get("body").and_then(Value::as_str).unwrap_or("");
     let is_html = content.get("format").and_then(Value::as_str) == Some("org.matrix.custom.html");
     let text = match content.get("formatted_body").and_then(Value::as_str) {
-        Some(html) if is_html => html_to_text(html),
+        Some(html) if is_html && styled => crate::styling::html_to_styled(html),
         _ => strip_reply_fallback(body, content),
     };
     match msgtype {
@@ -56,7 +65,7 @@ fn mxc_to_http(mxc: &str, media_base: &str) -> String {
 }
 
 /// Drops the `> <@user> quoted` lines clients put in front of replies (their HTML has
-/// `<mx-reply>` instead, which [`html_to_text`] drops).
+/// `<mx-reply>` instead, which [`crate::styling::html_to_styled`] drops).
 fn strip_reply_fallback(body: &str, content: &Value) -> String {
     let is_reply = content.pointer("/m.relates_to/m.in_reply_to").is_some();
     if !is_reply {
@@ -89,126 +98,6 @@ pub fn excerpt(text: &str, max: usize) -> String {
     let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
-}
-
-/// Reduces Matrix HTML to readable plain text: tags dropped, line breaks kept, links as
-/// `text (url)`, lists as bullets, entities decoded, reply fallbacks removed.
-pub fn html_to_text(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let mut rest = html;
-    let mut skip_depth = 0usize; // inside <mx-reply>
-    let mut link: Option<String> = None;
-    let mut link_text_start = 0;
-    while let Some(lt) = rest.find('<') {
-        if skip_depth == 0 {
-            decode_entities_into(&mut out, &rest[..lt]);
-        }
-        let Some(gt) = rest[lt..].find('>') else {
-            rest = &rest[lt..];
-            break;
-        };
-        let tag = &rest[lt + 1..lt + gt];
-        rest = &rest[lt + gt + 1..];
-        let closing = tag.starts_with('/');
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if name == "mx-reply" {
-            skip_depth = if closing {
-                skip_depth.saturating_sub(1)
-            } else {
-                skip_depth + 1
-            };
-            continue;
-        }
-        if skip_depth > 0 {
-            continue;
-        }
-        match (name.as_str(), closing) {
-            ("br", _) => out.push('\n'),
-            (
-                "p" | "div" | "blockquote" | "pre" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul"
-                | "ol",
-                true,
-            ) if !out.ends_with('\n') => out.push('\n'),
-            ("li", false) => {
-                if !out.is_empty() && !out.ends_with('\n') {
-                    out.push('\n');
-                }
-                out.push_str("• ");
-            }
-            ("a", false) => {
-                link = attr_value(tag, "href");
-                link_text_start = out.len();
-            }
-            ("a", true) => {
-                if let Some(href) = link.take() {
-                    let text = &out[link_text_start..];
-                    if text != href && !href.starts_with("https://matrix.to/") {
-                        out.push_str(&format!(" ({href})"));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if skip_depth == 0 {
-        decode_entities_into(&mut out, rest);
-    }
-    out.trim_end().to_owned()
-}
-
-fn attr_value(tag: &str, name: &str) -> Option<String> {
-    let i = tag.find(&format!("{name}="))?;
-    let v = &tag[i + name.len() + 1..];
-    let quote = v.chars().next()?;
-    if quote == '"' || quote == '\'' {
-        let end = v[1..].find(quote)?;
-        let mut s = String::new();
-        decode_entities_into(&mut s, &v[1..1 + end]);
-        Some(s)
-    } else {
-        Some(v.split_whitespace().next()?.to_owned())
-    }
-}
-
-fn decode_entities_into(out: &mut String, s: &str) {
-    let mut rest = s;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        let after = &rest[amp + 1..];
-        let decoded = after.find(';').filter(|&semi| semi <= 10).and_then(|semi| {
-            let name = &after[..semi];
-            let ch = match name {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" | "#39" => Some('\''),
-                "nbsp" => Some(' '),
-                n if n.starts_with("#x") || n.starts_with("#X") => u32::from_str_radix(&n[2..], 16)
-                    .ok()
-                    .and_then(char::from_u32),
-                n if n.starts_with('#') => n[1..].parse().ok().and_then(char::from_u32),
-                _ => None,
-            }?;
-            Some((ch, semi))
-        });
-        match decoded {
-            Some((ch, semi)) => {
-                out.push(ch);
-                rest = &after[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
 }
 
 /// Splits text into parts of at most `max_bytes`, at line breaks or spaces where possible,
@@ -300,29 +189,47 @@ mod tests {
         );
         let emote = json!({"msgtype": "m.emote", "body": "waves"});
         assert_eq!(
-            matrix_to_xmpp_body(&emote, "https://hs").as_deref(),
+            matrix_to_xmpp_body(&emote, "https://hs", true).as_deref(),
             Some("/me waves")
         );
     }
 
     #[test]
-    fn html_is_reduced_to_clean_text() {
+    fn html_is_styled_for_standard_servers_and_plain_for_messenger() {
         let content = json!({
             "msgtype": "m.text", "body": "**bold** [x](https://x.org)",
             "format": "org.matrix.custom.html",
-            "formatted_body": "<mx-reply><blockquote>old</blockquote></mx-reply><p><strong>bold</strong> &amp; <a href=\"https://x.org\">x</a></p><ul><li>one</li><li>two</li></ul>a<br/>b &lt;3 &#x263A;"
+            "formatted_body": "<mx-reply><blockquote>old</blockquote></mx-reply><p><strong>bold</strong> <a href=\"https://x.org\">x</a></p>"
         });
         assert_eq!(
-            matrix_to_xmpp_body(&content, "https://hs").unwrap(),
-            "bold & x (https://x.org)\n• one\n• two\na\nb <3 ☺"
+            matrix_to_xmpp_body(&content, "https://hs", true).unwrap(),
+            "*bold* x (https://x.org)"
         );
+        assert_eq!(
+            matrix_to_xmpp_body(&content, "https://hs", false).unwrap(),
+            "**bold** [x](https://x.org)",
+            "the plain body keeps the marks"
+        );
+    }
+
+    #[test]
+    fn styling_from_xmpp_is_also_given_as_html() {
+        assert_eq!(
+            xmpp_body_to_matrix("a *b*"),
+            json!({"msgtype": "m.text", "body": "a *b*", "format": "org.matrix.custom.html", "formatted_body": "a <strong>b</strong>"})
+        );
+        assert_eq!(
+            xmpp_body_to_matrix("/me _waves_"),
+            json!({"msgtype": "m.emote", "body": "_waves_", "format": "org.matrix.custom.html", "formatted_body": "<em>waves</em>"})
+        );
+        assert!(xmpp_body_to_matrix("2 * 3").get("formatted_body").is_none());
     }
 
     #[test]
     fn plain_reply_fallback_is_dropped() {
         let content = json!({"msgtype": "m.text", "body": "> <@bob:x> old\n> more\n\nnew text", "m.relates_to": {"m.in_reply_to": {"event_id": "$e"}}});
         assert_eq!(
-            matrix_to_xmpp_body(&content, "https://hs").unwrap(),
+            matrix_to_xmpp_body(&content, "https://hs", true).unwrap(),
             "new text"
         );
     }
@@ -331,14 +238,17 @@ mod tests {
     fn media_becomes_a_link_and_unknown_types_need_a_body() {
         let image = json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://hs.org/abc"});
         assert_eq!(
-            matrix_to_xmpp_body(&image, "https://hs.org/").unwrap(),
+            matrix_to_xmpp_body(&image, "https://hs.org/", true).unwrap(),
             "cat.png https://hs.org/_matrix/client/v1/media/download/hs.org/abc"
         );
         assert_eq!(
-            matrix_to_xmpp_body(&json!({"msgtype": "m.location", "body": ""}), "x"),
+            matrix_to_xmpp_body(&json!({"msgtype": "m.location", "body": ""}), "x", true),
             None
         );
-        assert_eq!(matrix_to_xmpp_body(&json!({"body": "no type"}), "x"), None);
+        assert_eq!(
+            matrix_to_xmpp_body(&json!({"body": "no type"}), "x", true),
+            None
+        );
     }
 
     #[test]

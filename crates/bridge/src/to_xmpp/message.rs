@@ -57,12 +57,12 @@ pub(super) async fn on_message(
         new if is_edit && new.is_object() => new,
         _ => content,
     };
-    let mut text =
-        mapping::matrix_to_xmpp_body(shown, inner.matrix.base_url()).ok_or_else(|| {
+    let standard = speaks_relations(bridge, sender).await;
+    let mut text = mapping::matrix_to_xmpp_body(shown, inner.matrix.base_url(), standard)
+        .ok_or_else(|| {
             HandleError::Fail("this kind of message cannot be sent to Messenger".into())
         })?;
     let event_id = event["event_id"].as_str().unwrap_or("");
-    let standard = speaks_relations(bridge, sender).await;
     // XEP-0308 names the first message of a correction chain, as Matrix edits do.
     let mut replace = None;
     if is_edit {
@@ -212,6 +212,7 @@ pub(super) async fn quote_of(bridge: &Bridge, room: &str, event: &str) -> Option
         new if new.is_object() => new,
         _ => &target["content"],
     };
-    let text = mapping::matrix_to_xmpp_body(content, bridge.inner.matrix.base_url())?;
+    // A quote is plain: its marks would style the line around it.
+    let text = mapping::matrix_to_xmpp_body(content, bridge.inner.matrix.base_url(), false)?;
     Some(mapping::excerpt(&text, 80))
 }
