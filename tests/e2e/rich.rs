@@ -97,6 +97,11 @@ async fn replies_edits_reactions_and_deletes_flow_both_ways_on_a_standard_server
         "XEP-0461 names the message"
     );
     assert_eq!(
+        answer["reply"]["to"],
+        bob.bare_jid(),
+        "and its author, the contact"
+    );
+    assert_eq!(
         answer["fallbacks"],
         json!([{"for": "urn:xmpp:reply:0", "ranges": [[0, quote.chars().count()]]}]),
         "XEP-0428 marks the quote"
@@ -130,6 +135,13 @@ async fn replies_edits_reactions_and_deletes_flow_both_ways_on_a_standard_server
     assert_eq!(
         retraction["fallbacks"][0]["for"],
         "urn:xmpp:message-retract:1"
+    );
+    assert!(
+        retraction["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("retract"))
+            && retraction["store"] == true,
+        "the XEP's fallback body and a store hint: {retraction}"
     );
 
     // XMPP → Matrix. A correction is an edit of the event the message became.
@@ -190,6 +202,32 @@ async fn replies_edits_reactions_and_deletes_flow_both_ways_on_a_standard_server
         "quote dropped"
     );
 
+    // A client naming its previous correction still edits the original (Matrix edits name
+    // the original); a correction naming the user's message is new text, not an edit of it.
+    bob.command(json!({"op": "send_raw", "xml": format!(
+        "<message to='{alice}' type='chat' id='bob-t3'><body>{tag} typo 2</body>\
+         <replace xmlns='urn:xmpp:message-correct:0' id='bob-t2'/></message>")}))
+        .await;
+    let again = user
+        .wait_event(&room, "the second correction", |e| {
+            e["content"]["m.new_content"]["body"] == format!("{tag} typo 2")
+        })
+        .await;
+    assert_eq!(
+        again["content"]["m.relates_to"]["event_id"],
+        t1_event.as_str()
+    );
+    bob.command(json!({"op": "send_raw", "xml": format!(
+        "<message to='{alice}' type='chat' id='bob-h1'><body>{tag} hijacked</body>\
+         <replace xmlns='urn:xmpp:message-correct:0' id='{ping_id}'/></message>")}))
+        .await;
+    let hijack = user
+        .wait_event(&room, "the forged correction as new text", |e| {
+            e["sender"] == ghost.as_str() && e["content"]["body"] == format!("✎ {tag} hijacked")
+        })
+        .await;
+    assert!(hijack["content"]["m.relates_to"].is_null(), "{hijack}");
+
     // Reactions from the contact: added, then the empty set takes them back.
     bob.command(json!({"op": "send_raw", "xml": format!(
         "<message to='{alice}' type='chat' id='bob-re1'>\
@@ -243,6 +281,19 @@ async fn replies_edits_reactions_and_deletes_flow_both_ways_on_a_standard_server
         ping_now["content"]["body"],
         format!("{tag} ping"),
         "the contact cannot retract the user's message"
+    );
+    assert!(
+        !timeline.iter().any(|e| e["type"] == "m.room.redaction"
+            && (e["redacts"] == ping_event.as_str()
+                || e["content"]["redacts"] == ping_event.as_str())),
+        "no redaction names the user's message"
+    );
+    assert!(
+        !timeline
+            .iter()
+            .any(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                && e["content"]["m.relates_to"]["event_id"] == ping_event.as_str()),
+        "no edit names the user's message"
     );
     assert!(
         !timeline.iter().any(|e| e["content"]["body"] == "retracted"),

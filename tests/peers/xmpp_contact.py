@@ -99,7 +99,7 @@ class Contact(slixmpp.ClientXMPP):
             {
                 "for": f.get("for"),
                 "ranges": [
-                    [int(b.get("start")), int(b.get("end"))]
+                    [int(b.get("start", "-1")), int(b.get("end", "-1"))]
                     for b in f.findall("{urn:xmpp:fallback:0}body")
                 ],
             }

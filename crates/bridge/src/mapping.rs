@@ -160,6 +160,18 @@ pub fn chat_state_is_typing(state: ChatState) -> bool {
 
 /// Whether a message id is one the bridge gives what it sends to XMPP: `mx` and 16 hex
 /// digits (a hash of the Matrix event id), and `-<part>` for a split message.
+/// What the message map holds for a reaction the bridge sent to XMPP:
+/// `react:<id reacted to>:<hash>`, so its later redaction finds the message again. A contact's
+/// message with an id like that is not kept in the map.
+pub(crate) const REACTION_ID_PREFIX: &str = "react:";
+
+/// The id the message map keeps for a part of a split message the bridge sent (`mx…-2` →
+/// `mx…`): its first part's.
+pub(crate) fn first_part_id(id: &str) -> Option<&str> {
+    let (base, _) = id.rsplit_once('-')?;
+    is_bridge_message_id(id).then_some(base)
+}
+
 pub fn is_bridge_message_id(id: &str) -> bool {
     let Some(rest) = id.strip_prefix("mx") else {
         return false;

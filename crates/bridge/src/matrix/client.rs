@@ -433,10 +433,43 @@ impl MatrixClient {
         room: &RoomId,
         event: &EventId,
     ) -> Result<Vec<serde_json::Value>, MatrixError> {
+        self.related(
+            user,
+            room,
+            event,
+            ruma::events::relation::RelationType::Annotation,
+        )
+        .await
+    }
+
+    /// The edits (`m.replace` relations) of an event, as JSON, read as `user`: up to the last
+    /// 200.
+    pub async fn edits_of(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        event: &EventId,
+    ) -> Result<Vec<serde_json::Value>, MatrixError> {
+        self.related(
+            user,
+            room,
+            event,
+            ruma::events::relation::RelationType::Replacement,
+        )
+        .await
+    }
+
+    async fn related(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        event: &EventId,
+        rel_type: ruma::events::relation::RelationType,
+    ) -> Result<Vec<serde_json::Value>, MatrixError> {
         let mut request = relations::get_relating_events_with_rel_type::v1::Request::new(
             room.to_owned(),
             event.to_owned(),
-            ruma::events::relation::RelationType::Annotation,
+            rel_type,
         );
         request.limit = Some(UInt::from(200u32));
         let response = self.send(request, Some(user)).await?;

@@ -127,6 +127,14 @@ impl Bridge {
             };
             (e, None)
         })?;
+        if let ToMatrixKind::Retract { .. } | ToMatrixKind::Reactions { .. } = &payload.kind {
+            // Never a reason to open a portal, nor to rebuild one (no room given back).
+            return self
+                .relation_to_matrix(item.id, payload, &contact)
+                .await
+                .map(|()| None)
+                .map_err(|e| (e, None));
+        }
         let ghost = self
             .ensure_ghost(&payload.user, &contact, false)
             .await
@@ -147,10 +155,6 @@ impl Bridge {
                 ..
             } => {
                 let ts = payload.origin_ts();
-                let (body, relation) = self
-                    .message_relation(&room, body, replaces.as_deref(), reply_to.as_ref())
-                    .await
-                    .map_err(in_room)?;
                 // The user's own message from another client: posted as the user themselves
                 // with double puppeting, else by their own XMPP account's ghost.
                 let puppet = own.as_ref().and_then(|_| self.double_puppet(&payload.user));
@@ -163,8 +167,20 @@ impl Bridge {
                     (None, None) => ghost.clone(),
                 };
                 let client = puppet.as_ref().map_or(&self.inner.matrix, |(c, _)| c);
+                let (body, relation) = self
+                    .message_relation(
+                        &room,
+                        (&ghost, &sender),
+                        body,
+                        replaces.as_deref(),
+                        reply_to.as_ref(),
+                    )
+                    .await
+                    .map_err(in_room)?;
                 let parts = mapping::split_text(&body, MAX_MATRIX_BODY);
-                let mut last_event = None;
+                // The map keeps the first part: what later names the message (a correction,
+                // a reply) is shown on its beginning.
+                let mut first_event = None;
                 // A retry may follow an attempt the homeserver did accept (its answer was lost,
                 // or it restarted and forgot the transaction id): look for our own marker first.
                 let already = if item.attempts > 1 {
@@ -188,9 +204,11 @@ impl Bridge {
                         .iter()
                         .find(|e| e["content"][TXN_MARKER] == txn.as_str())
                     {
-                        last_event = event["event_id"]
-                            .as_str()
-                            .and_then(|id| ruma::EventId::parse(id).ok());
+                        if first_event.is_none() {
+                            first_event = event["event_id"]
+                                .as_str()
+                                .and_then(|id| ruma::EventId::parse(id).ok());
+                        }
                         continue;
                     }
                     let mut content = mapping::xmpp_body_to_matrix(part);
@@ -246,9 +264,13 @@ impl Bridge {
                         (Err(e), _) => return Err(in_room(e)),
                     };
                     *remote += t.elapsed();
-                    last_event = Some(event);
+                    first_event.get_or_insert(event);
                 }
-                let mapping = match (last_event, stanza_id) {
+                let mapping = match (first_event, stanza_id) {
+                    // A contact's id that looks like the map's reaction entries is not kept.
+                    (Some(_), Some(stanza)) if stanza.starts_with(mapping::REACTION_ID_PREFIX) => {
+                        None
+                    }
                     (Some(event), Some(stanza)) => {
                         Some((room.to_string(), event.to_string(), stanza.clone()))
                     }
@@ -265,18 +287,7 @@ impl Bridge {
                 }
                 Ok(mapping)
             }
-            ToMatrixKind::Retract { stanza } => {
-                self.deliver_retraction(item.id, &ghost, &room, stanza)
-                    .await
-                    .map_err(in_room)?;
-                Ok(None)
-            }
-            ToMatrixKind::Reactions { stanza, keys } => {
-                self.deliver_reactions(item.id, &ghost, &room, stanza, keys)
-                    .await
-                    .map_err(in_room)?;
-                Ok(None)
-            }
+            ToMatrixKind::Retract { .. } | ToMatrixKind::Reactions { .. } => Ok(None),
             ToMatrixKind::Notice { text } => {
                 let txn = format!("xmpp-{}", item.id);
                 let content = mapping::notice(text);

@@ -41,13 +41,11 @@ impl Bridge {
         let Some(room) = self.portals().room(account, &contact.to_string()) else {
             return;
         };
-        let mapped = match self
-            .inner
-            .store
-            .message_by_stanza(room.as_str(), read)
-            .await
-        {
-            Ok(Some(m)) => m,
+        let Ok(room_id) = RoomId::parse(room.as_str()) else {
+            return;
+        };
+        let event = match self.event_of(&room_id, read).await {
+            Ok(Some(e)) => e,
             Ok(None) => {
                 tracing::debug!(%room, read, "the contact read a message the bridge does not know");
                 return;
@@ -57,10 +55,7 @@ impl Bridge {
                 return;
             }
         };
-        let (Ok(room_id), Ok(event)) = (
-            RoomId::parse(room.as_str()),
-            EventId::parse(&mapped.matrix_event_id),
-        ) else {
+        let Ok(event) = EventId::parse(&event) else {
             return;
         };
         let ghost = self.inner.ghosts.user_id(contact);

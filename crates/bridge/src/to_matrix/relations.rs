@@ -10,9 +10,12 @@ use serde_json::{Value, json};
 use xmpp_core::stanza::Fallback;
 use xmpp_core::stanza::relations::strip_fallback;
 
+use xmpp_core::Jid;
+
 use crate::context::{Bridge, short_hash};
+use crate::mapping;
 use crate::matrix::MatrixError;
-use crate::payload::ReplyTo;
+use crate::payload::{ReplyTo, ToMatrix, ToMatrixKind};
 use crate::portals::store_err;
 
 /// How a message relates to an earlier event of the portal.
@@ -45,53 +48,153 @@ impl Relation {
     }
 }
 
+/// Reactions taken from one stanza, at most: each becomes an event in the room.
+const MAX_REACTIONS: usize = 20;
+/// A reaction longer than this (bytes) is no emoji; it is left out.
+const MAX_REACTION_BYTES: usize = 64;
+
 impl Bridge {
-    /// The Matrix event of a message of the portal by its XMPP id, if the bridge bridged it.
-    async fn event_of(&self, room: &RoomId, stanza: &str) -> Result<Option<String>, MatrixError> {
-        Ok(self
-            .inner
-            .store
+    /// The Matrix event of a message of the portal by its XMPP id, if the bridge bridged it (a
+    /// later part of a message the bridge split counts as its first).
+    pub(super) async fn event_of(
+        &self,
+        room: &RoomId,
+        stanza: &str,
+    ) -> Result<Option<String>, MatrixError> {
+        let store = &self.inner.store;
+        if let Some(m) = store
             .message_by_stanza(room.as_str(), stanza)
+            .await
+            .map_err(store_err)?
+        {
+            return Ok(Some(m.matrix_event_id));
+        }
+        let Some(first) = mapping::first_part_id(stanza) else {
+            return Ok(None);
+        };
+        Ok(store
+            .message_by_stanza(room.as_str(), first)
             .await
             .map_err(store_err)?
             .map(|m| m.matrix_event_id))
     }
 
-    /// The text to post for a message and how it relates to an earlier event: a reply's quote
-    /// is dropped only when the message answered is found.
+    /// The text to post for a message and how it relates to an earlier event. A correction is
+    /// an edit only of a message its `poster` wrote (the original, when the one named is itself
+    /// an edit), else new text marked "✎"; a reply's quote is dropped only when the message
+    /// answered is found. The portal's ghost reads the room.
     pub(super) async fn message_relation(
         &self,
         room: &RoomId,
+        (reader, poster): (&UserId, &UserId),
         body: &str,
         replaces: Option<&str>,
         reply_to: Option<&ReplyTo>,
     ) -> Result<(String, Relation), MatrixError> {
-        if let Some(stanza) = replaces
-            && let Some(event) = self.event_of(room, stanza).await?
-        {
-            return Ok((body.to_owned(), Relation::Edit(event)));
+        let without_quote = |body: &str| match reply_to {
+            Some(reply) if !reply.fallback.is_empty() => {
+                let fallback = [Fallback {
+                    for_ns: xmpp_core::ns::REPLY.into(),
+                    ranges: reply.fallback.clone(),
+                }];
+                strip_fallback(body, &fallback, xmpp_core::ns::REPLY)
+                    .trim_start_matches('\n')
+                    .to_owned()
+            }
+            _ => body.to_owned(),
+        };
+        if let Some(stanza) = replaces {
+            if let Some(original) = self.edit_target(room, reader, poster, stanza).await? {
+                return Ok((without_quote(body), Relation::Edit(original)));
+            }
+            return Ok((format!("✎ {}", without_quote(body)), Relation::None));
         }
         if let Some(reply) = reply_to
             && let Some(event) = self.event_of(room, &reply.id).await?
         {
-            let fallback = [Fallback {
-                for_ns: xmpp_core::ns::REPLY.into(),
-                ranges: reply.fallback.clone(),
-            }];
-            let text = match reply.fallback.is_empty() {
-                true => body.to_owned(),
-                false => strip_fallback(body, &fallback, xmpp_core::ns::REPLY),
-            };
-            return Ok((
-                text.trim_start_matches('\n').to_owned(),
-                Relation::Reply(event),
-            ));
+            return Ok((without_quote(body), Relation::Reply(event)));
         }
         Ok((body.to_owned(), Relation::None))
     }
 
-    /// The contact took back a message: the ghost redacts it, if it is the ghost's.
-    pub(super) async fn deliver_retraction(
+    /// The event a correction of `stanza` edits: the original message, if `poster` wrote it.
+    async fn edit_target(
+        &self,
+        room: &RoomId,
+        reader: &UserId,
+        poster: &UserId,
+        stanza: &str,
+    ) -> Result<Option<String>, MatrixError> {
+        let Some(event) = self.event_of(room, stanza).await? else {
+            return Ok(None);
+        };
+        let Ok(event_id) = EventId::parse(&event) else {
+            return Ok(None);
+        };
+        let target = self.inner.matrix.event(reader, room, &event_id).await?;
+        if target["sender"] != poster.as_str() {
+            tracing::warn!(%room, stanza, "a correction of a message its sender did not write; posted as new text");
+            return Ok(None);
+        }
+        // A client that names the previous correction: Matrix edits name the original.
+        let relates = &target["content"]["m.relates_to"];
+        if relates["rel_type"] == "m.replace"
+            && let Some(original) = relates["event_id"].as_str()
+        {
+            return Ok(Some(original.to_owned()));
+        }
+        Ok(Some(event))
+    }
+
+    /// A contact's retraction or reactions, into the portal they have (never a new one).
+    pub(super) async fn relation_to_matrix(
+        &self,
+        item_id: i64,
+        payload: &ToMatrix,
+        contact: &Jid,
+    ) -> Result<(), MatrixError> {
+        let cached = self.portals().room(&payload.user, &payload.contact);
+        let room = match cached {
+            Some(room) => room,
+            None => {
+                let stored = self
+                    .inner
+                    .store
+                    .portal(&payload.user, &payload.contact)
+                    .await
+                    .map_err(store_err)?;
+                match stored.and_then(|p| RoomId::parse(&p.room_id).ok()) {
+                    Some(room) => room,
+                    None => {
+                        tracing::info!(user = %payload.user, contact = %payload.contact, "a retraction or reactions from a contact without a portal; nothing to change");
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let ghost = self.inner.ghosts.user_id(contact);
+        match &payload.kind {
+            ToMatrixKind::Retract { stanza } => {
+                self.deliver_retraction(item_id, &ghost, &room, stanza)
+                    .await
+            }
+            ToMatrixKind::Reactions { stanza, keys } => {
+                let keys: Vec<String> = keys
+                    .iter()
+                    .filter(|k| k.len() <= MAX_REACTION_BYTES)
+                    .take(MAX_REACTIONS)
+                    .cloned()
+                    .collect();
+                self.deliver_reactions(item_id, &ghost, &room, stanza, &keys)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The contact took back a message: the ghost redacts it, if it is the ghost's, and its
+    /// edits (they hold its text too).
+    async fn deliver_retraction(
         &self,
         item_id: i64,
         ghost: &UserId,
@@ -112,6 +215,18 @@ impl Bridge {
             tracing::warn!(%room, stanza, "the contact tried to retract a message that is not theirs; ignored");
             return Ok(());
         }
+        for edit in matrix.edits_of(ghost, room, &event_id).await? {
+            let Some(edit_id) = edit["event_id"]
+                .as_str()
+                .and_then(|e| EventId::parse(e).ok())
+            else {
+                continue;
+            };
+            if edit["sender"] == ghost.as_str() {
+                let txn = format!("xmpp-{item_id}-e{}", short_hash(edit_id.as_str()));
+                matrix.redact(ghost, room, &edit_id, &txn).await?;
+            }
+        }
         matrix
             .redact(ghost, room, &event_id, &format!("xmpp-{item_id}"))
             .await
@@ -119,7 +234,7 @@ impl Bridge {
 
     /// The contact's whole set of reactions to a message: the ghost's annotations are added and
     /// redacted to match it.
-    pub(super) async fn deliver_reactions(
+    async fn deliver_reactions(
         &self,
         item_id: i64,
         ghost: &UserId,

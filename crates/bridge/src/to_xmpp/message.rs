@@ -67,12 +67,11 @@ pub(super) async fn on_message(
     let mut replace = None;
     if is_edit {
         let target = relates["event_id"].as_str().unwrap_or("");
-        replace = match standard {
-            true => stanza_of(bridge, room_id, target).await?,
-            false => None,
-        };
-        if replace.is_none() {
-            text = format!("✎ {text}");
+        // Only the user's own messages, and never a reaction sent as text.
+        if standard && sent_by(bridge, room_id, target, sender).await? {
+            replace = stanza_of(bridge, room_id, target)
+                .await?
+                .filter(|id| !id.starts_with(mapping::REACTION_ID_PREFIX));
         }
     }
     let mut reply = None;
@@ -81,23 +80,38 @@ pub(super) async fn on_message(
         .as_str()
         .filter(|_| !is_edit)
     {
-        if let Some(quote) = quote_of(bridge, room_id, target).await {
+        let quoted = quote_of(bridge, room_id, target).await;
+        if let Some((quote, _)) = &quoted {
             let line = format!("> {quote}\n");
             fallback_len = line.chars().count();
             text = format!("{line}{text}");
         }
         if standard {
-            reply = stanza_of(bridge, room_id, target).await?.map(|id| Reply {
-                to: Some(contact.to_string()),
-                id,
-            });
+            // XEP-0461 `to` names the author: the contact, or left out for the user's own.
+            let to = quoted
+                .as_ref()
+                .filter(|(_, author)| author != sender)
+                .map(|_| contact.to_string());
+            reply = stanza_of(bridge, room_id, target)
+                .await?
+                .map(|id| Reply { to, id });
         }
     }
-    let parts = mapping::split_text(&text, inner.config.bridge.max_message_bytes);
+    let max = inner.config.bridge.max_message_bytes;
+    let mut parts = mapping::split_text(&text, max);
+    if replace.is_some() && parts.len() > 1 {
+        // A correction is one message; a long one goes as new text.
+        replace = None;
+    }
+    if is_edit && replace.is_none() {
+        parts = mapping::split_text(&format!("✎ {text}"), max);
+    }
+    // The first part carries the id the message map keeps, so what names the message (a
+    // reply, a correction, a reaction) names a part the contact has.
     let base_id = format!("mx{}", short_hash(event_id));
     for (i, part) in parts.iter().enumerate() {
         let mut message = Message::chat(contact.clone(), part.clone());
-        message.id = Some(if parts.len() == 1 {
+        message.id = Some(if i == 0 {
             base_id.clone()
         } else {
             format!("{base_id}-{i}")
@@ -188,9 +202,37 @@ pub(super) async fn stanza_of(
     Ok(found.map(|m| m.xmpp_stanza_id))
 }
 
-/// The first line of a message of the room, shortened, to quote it; `None` if it cannot be
-/// read.
-pub(super) async fn quote_of(bridge: &Bridge, room: &str, event: &str) -> Option<String> {
+/// Whether `event` of the room was sent by `user` (a redacted event keeps its sender); an
+/// unreachable homeserver is retried.
+pub(super) async fn sent_by(
+    bridge: &Bridge,
+    room: &str,
+    event: &str,
+    user: &str,
+) -> Result<bool, HandleError> {
+    let (Ok(room_id), Ok(event_id)) = (ruma::RoomId::parse(room), ruma::EventId::parse(event))
+    else {
+        return Ok(false);
+    };
+    let reader = bridge.ghost_or_bot_in(room).await;
+    match bridge
+        .inner
+        .matrix
+        .event(&reader, &room_id, &event_id)
+        .await
+    {
+        Ok(e) => Ok(e["sender"] == user),
+        Err(e) if e.is_transient() => Err(HandleError::Retry(e.to_string())),
+        Err(e) => {
+            tracing::debug!(room, event, error = %e, "cannot read an earlier message");
+            Ok(false)
+        }
+    }
+}
+
+/// The first line of a message of the room, shortened, to quote it, and its sender; `None` if
+/// it cannot be read.
+pub(super) async fn quote_of(bridge: &Bridge, room: &str, event: &str) -> Option<(String, String)> {
     let (Ok(room_id), Ok(event_id)) = (ruma::RoomId::parse(room), ruma::EventId::parse(event))
     else {
         return None;
@@ -214,5 +256,6 @@ pub(super) async fn quote_of(bridge: &Bridge, room: &str, event: &str) -> Option
     };
     // A quote is plain: its marks would style the line around it.
     let text = mapping::matrix_to_xmpp_body(content, bridge.inner.matrix.base_url(), false)?;
-    Some(mapping::excerpt(&text, 80))
+    let sender = target["sender"].as_str().unwrap_or_default().to_owned();
+    Some((mapping::excerpt(&text, 80), sender))
 }

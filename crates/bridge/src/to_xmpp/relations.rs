@@ -8,13 +8,11 @@ use xmpp_core::Jid;
 use xmpp_core::ns;
 use xmpp_core::stanza::{Fallback, Message, Reactions};
 
-use super::message::{quote_of, send_to_contact, speaks_relations, stanza_of};
+use super::message::{quote_of, send_to_contact, sent_by, speaks_relations, stanza_of};
 use super::{HandleError, Sent};
 use crate::context::{Bridge, short_hash};
+use crate::mapping::REACTION_ID_PREFIX as REACTION_PREFIX;
 
-/// What the message map holds for a reaction the bridge sent: `react:<id reacted to>:<hash>`,
-/// so its later redaction finds the message again.
-const REACTION_PREFIX: &str = "react:";
 /// XEP-0424's body for clients that do not know retractions.
 const RETRACT_FALLBACK: &str =
     "This person attempted to retract a previous message, but it's unsupported by your client.";
@@ -75,7 +73,10 @@ pub(super) async fn on_reaction(
             message.store_hint = true;
         }
         _ => {
-            let quote = quote_of(bridge, room, target).await.unwrap_or_default();
+            let quote = quote_of(bridge, room, target)
+                .await
+                .map(|(q, _)| q)
+                .unwrap_or_default();
             message.body = Some(format!("reacted {key} to “{quote}”"));
         }
     }
@@ -150,6 +151,15 @@ pub(super) async fn on_redaction(
     let mut message = Message::chat(contact, "");
     message.id = Some(id.clone());
     message.origin_id = Some(id);
+    if !sent_by(bridge, room, redacted, sender).await? {
+        // A moderator's removal of the contact's message: nothing the user can take back.
+        tracing::debug!(
+            room,
+            redacted,
+            "a redaction of someone else's message; not sent"
+        );
+        return Ok(None);
+    }
     if let Some(rest) = stanza.strip_prefix(REACTION_PREFIX) {
         let reacted = rest.rsplit_once(':').map_or("", |(r, _)| r);
         if !standard || reacted.is_empty() {
@@ -190,15 +200,6 @@ pub(super) async fn on_redaction(
             .await;
         return Ok(None);
     }
-    if !own_message(bridge, room, redacted, sender).await {
-        // A moderator's removal of the contact's message: nothing the user can take back.
-        tracing::debug!(
-            room,
-            redacted,
-            "a redaction of someone else's message; not sent"
-        );
-        return Ok(None);
-    }
     message.body = Some(RETRACT_FALLBACK.to_owned());
     message.retract = Some(stanza);
     message.fallbacks = vec![Fallback {
@@ -208,25 +209,4 @@ pub(super) async fn on_redaction(
     message.store_hint = true;
     send_to_contact(bridge, sender, &message).await?;
     Ok(None)
-}
-
-/// Whether `event` of the room was sent by `user` (a redacted event keeps its sender).
-async fn own_message(bridge: &Bridge, room: &str, event: &str, user: &str) -> bool {
-    let (Ok(room_id), Ok(event_id)) = (ruma::RoomId::parse(room), ruma::EventId::parse(event))
-    else {
-        return false;
-    };
-    let reader = bridge.ghost_or_bot_in(room).await;
-    match bridge
-        .inner
-        .matrix
-        .event(&reader, &room_id, &event_id)
-        .await
-    {
-        Ok(e) => e["sender"] == user,
-        Err(e) => {
-            tracing::debug!(room, event, error = %e, "cannot read a redacted message");
-            false
-        }
-    }
 }
