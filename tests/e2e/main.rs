@@ -13,6 +13,7 @@ mod demo;
 mod durability;
 mod harness;
 mod linking;
+mod media;
 mod messaging;
 mod profiles;
 mod resilience;

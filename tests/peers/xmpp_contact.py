@@ -18,8 +18,8 @@ Events, one JSON object per line on stdout:
     {"event": "message", "from", "to", "type", "id", "body", "state", "delay",
      "reply": {"to", "id"}, "fallbacks": [{"for", "ranges": [[start, end]]}], "replace": ID,
      "retract": ID, "reactions": {"id", "keys": [EMOJI]}, "store": BOOL, "markable": BOOL,
-     "displayed": ID}
-                                          (the XEP-0461, 0428, 0308, 0424, 0444, 0334, 0333 elements;
+     "displayed": ID, "oob": URL}
+                                          (the XEP-0461, 0428, 0308, 0424, 0444, 0334, 0333, 0066 elements;
                                           null or empty when absent)
     {"event": "presence", "from", "type", "show", "status"}
     {"event": "failed", "reason"}         (login failed; the process exits 1)
@@ -95,6 +95,7 @@ class Contact(slixmpp.ClientXMPP):
         retract = msg.xml.find("{urn:xmpp:message-retract:1}retract")
         reactions = msg.xml.find("{urn:xmpp:reactions:0}reactions")
         displayed = msg.xml.find("{urn:xmpp:chat-markers:0}displayed")
+        oob = msg.xml.find("{jabber:x:oob}x/{jabber:x:oob}url")
         fallbacks = [
             {
                 "for": f.get("for"),
@@ -128,6 +129,7 @@ class Contact(slixmpp.ClientXMPP):
                 "store": msg.xml.find("{urn:xmpp:hints}store") is not None,
                 "markable": msg.xml.find("{urn:xmpp:chat-markers:0}markable") is not None,
                 "displayed": displayed.get("id") if displayed is not None else None,
+                "oob": oob.text if oob is not None else None,
             }
         )
 

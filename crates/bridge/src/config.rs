@@ -156,6 +156,17 @@ pub struct BehaviourConfig {
     /// notice, so that no one fills the bridge's database while the XMPP side is down.
     #[serde(default = "default_max_queued")]
     pub max_queued_per_portal: u64,
+    /// The largest file bridged either way, in bytes; larger ones stay links.
+    #[serde(default = "default_max_media")]
+    pub max_media_bytes: u64,
+    /// How long the links the bridge gives contacts to the user's Matrix files work, in
+    /// seconds.
+    #[serde(default = "default_media_link_lifetime")]
+    pub media_link_lifetime_secs: u64,
+    /// Let contacts' file links point at loopback, private and link-local addresses (the
+    /// bridge fetches them: off, a contact could make it read the bridge's own network).
+    #[serde(default)]
+    pub media_from_private_addresses: bool,
 }
 
 impl Default for BehaviourConfig {
@@ -169,8 +180,19 @@ impl Default for BehaviourConfig {
             retry_for_secs: default_retry_for(),
             retry_max_delay_secs: default_retry_max_delay(),
             max_queued_per_portal: default_max_queued(),
+            max_media_bytes: default_max_media(),
+            media_link_lifetime_secs: default_media_link_lifetime(),
+            media_from_private_addresses: false,
         }
     }
+}
+
+fn default_max_media() -> u64 {
+    100 * 1024 * 1024
+}
+
+fn default_media_link_lifetime() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_max_queued() -> u64 {

@@ -19,6 +19,7 @@ pub mod latency;
 mod linking;
 pub mod mapping;
 pub mod matrix;
+mod media;
 pub mod metrics;
 mod notices;
 mod payload;

@@ -26,10 +26,10 @@ pub fn notice(text: &str) -> Value {
 }
 
 /// Matrix `m.room.message` content as an XMPP body. `None` for content we cannot express (the
-/// caller answers with a notice). `media_base` turns `mxc://` URLs into links. With `styled`
-/// (the contact's server is a standard one) HTML becomes XEP-0393 styling; without, the plain
-/// `body` is sent, which already carries the user's marks.
-pub fn matrix_to_xmpp_body(content: &Value, media_base: &str, styled: bool) -> Option<String> {
+/// caller answers with a notice). A file is its name or caption (the link to it is the
+/// bridge's: see `media`). With `styled` (the contact's server is a standard one) HTML becomes
+/// XEP-0393 styling; without, the plain `body` is sent, which already carries the user's marks.
+pub fn matrix_to_xmpp_body(content: &Value, styled: bool) -> Option<String> {
     let msgtype = content.get("msgtype")?.as_str()?;
     let body = content.get("body").and_then(Value::as_str).unwrap_or("");
     let is_html = content.get("format").and_then(Value::as_str) == Some("org.matrix.custom.html");
@@ -40,27 +40,8 @@ pub fn matrix_to_xmpp_body(content: &Value, media_base: &str, styled: bool) -> O
     match msgtype {
         "m.text" | "m.notice" => Some(text),
         "m.emote" => Some(format!("/me {text}")),
-        "m.image" | "m.file" | "m.video" | "m.audio" => {
-            let url = content
-                .get("url")
-                .and_then(Value::as_str)
-                .map(|u| mxc_to_http(u, media_base));
-            Some(match url {
-                Some(u) => format!("{body} {u}"),
-                None => body.to_owned(),
-            })
-        }
+        "m.image" | "m.file" | "m.video" | "m.audio" => Some(body.to_owned()),
         _ => (!body.is_empty()).then(|| body.to_owned()),
-    }
-}
-
-fn mxc_to_http(mxc: &str, media_base: &str) -> String {
-    match mxc.strip_prefix("mxc://") {
-        Some(rest) => format!(
-            "{}/_matrix/client/v1/media/download/{rest}",
-            media_base.trim_end_matches('/')
-        ),
-        None => mxc.to_owned(),
     }
 }
 
@@ -82,6 +63,51 @@ fn strip_reply_fallback(body: &str, content: &Value) -> String {
         lines.next();
     }
     lines.collect::<Vec<_>>().join("\n")
+}
+
+/// A file in a Matrix message: its `mxc://` URI, name, type, and the caption when the body is
+/// one (Matrix 1.10: a `filename` that differs from the body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixFile {
+    /// `mxc://server/id`.
+    pub mxc: String,
+    /// The file name.
+    pub name: String,
+    /// The declared type.
+    pub mime: String,
+    /// The caption.
+    pub caption: Option<String>,
+}
+
+/// The file a message carries, if any (unencrypted: an encrypted one has `file`, not `url`).
+pub fn matrix_file(content: &Value) -> Option<MatrixFile> {
+    let msgtype = content.get("msgtype")?.as_str()?;
+    if !matches!(msgtype, "m.image" | "m.file" | "m.video" | "m.audio") {
+        return None;
+    }
+    let mxc = content.get("url")?.as_str()?.to_owned();
+    if !mxc.starts_with("mxc://") {
+        return None;
+    }
+    let body = content.get("body").and_then(Value::as_str).unwrap_or("");
+    let filename = content.get("filename").and_then(Value::as_str);
+    let name = filename.unwrap_or(body);
+    Some(MatrixFile {
+        mxc,
+        name: if name.is_empty() {
+            "file".into()
+        } else {
+            name.to_owned()
+        },
+        mime: content
+            .pointer("/info/mimetype")
+            .and_then(Value::as_str)
+            .unwrap_or("application/octet-stream")
+            .to_owned(),
+        caption: filename
+            .filter(|f| *f != body && !body.is_empty())
+            .map(|_| body.to_owned()),
+    })
 }
 
 /// The first line of `text`, cut to `max` characters (with "…" when cut): what a quote or a
@@ -201,7 +227,7 @@ mod tests {
         );
         let emote = json!({"msgtype": "m.emote", "body": "waves"});
         assert_eq!(
-            matrix_to_xmpp_body(&emote, "https://hs", true).as_deref(),
+            matrix_to_xmpp_body(&emote, true).as_deref(),
             Some("/me waves")
         );
     }
@@ -214,11 +240,11 @@ mod tests {
             "formatted_body": "<mx-reply><blockquote>old</blockquote></mx-reply><p><strong>bold</strong> <a href=\"https://x.org\">x</a></p>"
         });
         assert_eq!(
-            matrix_to_xmpp_body(&content, "https://hs", true).unwrap(),
+            matrix_to_xmpp_body(&content, true).unwrap(),
             "*bold* x (https://x.org)"
         );
         assert_eq!(
-            matrix_to_xmpp_body(&content, "https://hs", false).unwrap(),
+            matrix_to_xmpp_body(&content, false).unwrap(),
             "**bold** [x](https://x.org)",
             "the plain body keeps the marks"
         );
@@ -240,27 +266,38 @@ mod tests {
     #[test]
     fn plain_reply_fallback_is_dropped() {
         let content = json!({"msgtype": "m.text", "body": "> <@bob:x> old\n> more\n\nnew text", "m.relates_to": {"m.in_reply_to": {"event_id": "$e"}}});
-        assert_eq!(
-            matrix_to_xmpp_body(&content, "https://hs", true).unwrap(),
-            "new text"
-        );
+        assert_eq!(matrix_to_xmpp_body(&content, true).unwrap(), "new text");
     }
 
     #[test]
-    fn media_becomes_a_link_and_unknown_types_need_a_body() {
-        let image = json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://hs.org/abc"});
+    fn files_are_found_and_unknown_types_need_a_body() {
+        let image = json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://hs.org/abc", "info": {"mimetype": "image/png"}});
+        assert_eq!(matrix_to_xmpp_body(&image, true).unwrap(), "cat.png");
         assert_eq!(
-            matrix_to_xmpp_body(&image, "https://hs.org/", true).unwrap(),
-            "cat.png https://hs.org/_matrix/client/v1/media/download/hs.org/abc"
+            matrix_file(&image),
+            Some(MatrixFile {
+                mxc: "mxc://hs.org/abc".into(),
+                name: "cat.png".into(),
+                mime: "image/png".into(),
+                caption: None
+            })
+        );
+        let captioned = json!({"msgtype": "m.file", "body": "the report", "filename": "r.pdf", "url": "mxc://hs.org/r"});
+        let file = matrix_file(&captioned).unwrap();
+        assert_eq!(
+            (file.name.as_str(), file.caption.as_deref()),
+            ("r.pdf", Some("the report"))
         );
         assert_eq!(
-            matrix_to_xmpp_body(&json!({"msgtype": "m.location", "body": ""}), "x", true),
+            matrix_file(&json!({"msgtype": "m.image", "body": "x", "file": {"url": "mxc://e/x"}})),
+            None,
+            "encrypted files are not fetched"
+        );
+        assert_eq!(
+            matrix_to_xmpp_body(&json!({"msgtype": "m.location", "body": ""}), true),
             None
         );
-        assert_eq!(
-            matrix_to_xmpp_body(&json!({"body": "no type"}), "x", true),
-            None
-        );
+        assert_eq!(matrix_to_xmpp_body(&json!({"body": "no type"}), true), None);
     }
 
     #[test]

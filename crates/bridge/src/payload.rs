@@ -56,6 +56,9 @@ pub(crate) enum ToMatrixKind {
         /// XEP-0333: the contact's client wants to know when the user has read it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         markable: bool,
+        /// XEP-0066: the link of a file the message carries, fetched into Matrix.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_url: Option<String>,
     },
     /// XEP-0424: the contact took a message back.
     Retract {
@@ -125,6 +128,7 @@ impl ToMatrix {
                 replaces: None,
                 reply_to: None,
                 markable: false,
+                file_url: None,
             },
         )
     }
@@ -141,6 +145,14 @@ impl ToMatrix {
         {
             *replaces = corrects;
             *reply_to = answers;
+        }
+        self
+    }
+
+    /// The link of a file the message carries (XEP-0066).
+    pub(crate) fn with_file(mut self, url: Option<String>) -> Self {
+        if let ToMatrixKind::Message { file_url, .. } = &mut self.kind {
+            *file_url = url;
         }
         self
     }

@@ -62,3 +62,7 @@ pub const FASTEN: &str = "urn:xmpp:fasten:0";
 pub const REACTIONS: &str = "urn:xmpp:reactions:0";
 /// XEP-0333 chat markers.
 pub const MARKERS: &str = "urn:xmpp:chat-markers:0";
+/// XEP-0066 out-of-band data (a file's URL in a message).
+pub const OOB: &str = "jabber:x:oob";
+/// XEP-0363 HTTP file upload.
+pub const HTTP_UPLOAD: &str = "urn:xmpp:http:upload:0";

@@ -301,7 +301,7 @@ pub fn password_safe_url(url: &str) -> bool {
 }
 
 /// Loopback, private, link-local, unspecified or otherwise non-public addresses.
-fn is_internal(ip: std::net::IpAddr) -> bool {
+pub(crate) fn is_internal(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {
             v4.is_loopback()

@@ -29,6 +29,7 @@ pub fn router(bridge: Bridge) -> Router {
         .route("/_matrix/app/v1/users/{user_id}", get(query_user))
         .route("/_matrix/app/v1/rooms/{alias}", get(query_room))
         .route("/_matrix/app/v1/ping", post(ping))
+        .route("/media/{token}/{name}", get(crate::media::serve))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(crate::linking::routes())

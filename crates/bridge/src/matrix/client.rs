@@ -315,6 +315,106 @@ impl MatrixClient {
         Ok(self.send(request, Some(user)).await?.content_uri)
     }
 
+    /// Starts downloading a file of the homeserver (`mxc://server/id`) as the appservice
+    /// (authenticated media, Matrix 1.11); the body is read by the caller, as a stream.
+    pub async fn download(&self, mxc: &str) -> Result<reqwest::Response, MatrixError> {
+        let Some(path) = mxc
+            .strip_prefix("mxc://")
+            .filter(|p| p.split('/').count() == 2)
+        else {
+            return Err(MatrixError::Invalid {
+                what: "media download",
+                reason: format!("not an mxc:// URI: {mxc}"),
+            });
+        };
+        let url = format!("{}/_matrix/client/v1/media/download/{path}", self.base);
+        self.raw_request(self.http.get(url), "media download").await
+    }
+
+    /// Uploads a file to the homeserver as `user` from a stream of `length` bytes (when
+    /// known), without holding it whole.
+    pub async fn upload_stream(
+        &self,
+        user: &UserId,
+        body: reqwest::Body,
+        length: Option<u64>,
+        mime: &str,
+        filename: &str,
+    ) -> Result<OwnedMxcUri, MatrixError> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/_matrix/media/v3/upload", self.base),
+            [("filename", filename), ("user_id", user.as_str())],
+        )
+        .map_err(|e| MatrixError::Invalid {
+            what: "media upload",
+            reason: e.to_string(),
+        })?;
+        let mut request = self
+            .http
+            .post(url)
+            .header(http::header::CONTENT_TYPE, mime)
+            // An upload may take long: the client's 60 s cap is for API calls.
+            .timeout(Duration::from_secs(3600))
+            .body(body);
+        if let Some(n) = length {
+            request = request.header(http::header::CONTENT_LENGTH, n);
+        }
+        let response = self.raw_request(request, "media upload").await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| MatrixError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| MatrixError::Invalid {
+                what: "media upload",
+                reason: e.to_string(),
+            })?;
+        body["content_uri"]
+            .as_str()
+            .map(OwnedMxcUri::from)
+            .ok_or_else(|| MatrixError::Invalid {
+                what: "media upload",
+                reason: "no content_uri in the answer".into(),
+            })
+    }
+
+    /// Sends a request built by hand (media) with the appservice token; an error status is
+    /// turned into [`MatrixError::Refused`].
+    async fn raw_request(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &'static str,
+    ) -> Result<reqwest::Response, MatrixError> {
+        let response = request
+            .bearer_auth(&self.as_token)
+            .send()
+            .await
+            .map_err(|e| MatrixError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
+            errcode: "M_UNKNOWN".into(),
+            error: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            retry_after_ms: None,
+        });
+        Err(MatrixError::Refused {
+            what,
+            status: status.as_u16(),
+            errcode: parsed.errcode,
+            message: parsed.error,
+            retry_after: parsed.retry_after_ms.map(Duration::from_millis),
+        })
+    }
+
     /// Names a room, as `sender` (who must have the power to).
     pub async fn set_room_name(
         &self,

@@ -152,6 +152,7 @@ impl Bridge {
                 replaces,
                 reply_to,
                 markable,
+                file_url,
                 ..
             } => {
                 let ts = payload.origin_ts();
@@ -177,10 +178,11 @@ impl Bridge {
                     )
                     .await
                     .map_err(in_room)?;
-                let parts = mapping::split_text(&body, MAX_MATRIX_BODY);
+                let mut parts = mapping::split_text(&body, MAX_MATRIX_BODY);
                 // The map keeps the first part: what later names the message (a correction,
                 // a reply) is shown on its beginning.
                 let mut first_event = None;
+                let mut file_failed = None;
                 // A retry may follow an attempt the homeserver did accept (its answer was lost,
                 // or it restarted and forgot the transaction id): look for our own marker first.
                 let already = if item.attempts > 1 {
@@ -196,6 +198,54 @@ impl Bridge {
                 } else {
                     Vec::new()
                 };
+                if let Some(url) = file_url {
+                    // The file first, as its own event; the text after it only if it says more
+                    // than the link.
+                    let txn = format!("xmpp-{}-file", item.id);
+                    let sent = already
+                        .iter()
+                        .find(|e| e["content"][TXN_MARKER] == txn.as_str())
+                        .and_then(|e| e["event_id"].as_str())
+                        .and_then(|id| ruma::EventId::parse(id).ok());
+                    let event = match sent {
+                        Some(event) => Some(event),
+                        None => match self.file_into_matrix(url, &ghost).await {
+                            Ok(mut content) => {
+                                content[TXN_MARKER] = Value::String(txn.clone());
+                                if puppet.is_some() {
+                                    content[DOUBLE_PUPPET_SOURCE] =
+                                        Value::String(DOUBLE_PUPPET_NAME.into());
+                                }
+                                let t = Instant::now();
+                                let event = client
+                                    .send_message(
+                                        &sender,
+                                        &room,
+                                        &txn,
+                                        raw(&content),
+                                        "m.room.message",
+                                        ts,
+                                    )
+                                    .await
+                                    .map_err(in_room)?;
+                                *remote += t.elapsed();
+                                Some(event)
+                            }
+                            Err(reason) => {
+                                tracing::warn!(%room, %url, %reason, "a contact's file could not be brought into Matrix; its link is posted");
+                                self.inner.metrics.failure("media_not_bridged");
+                                file_failed = Some(reason);
+                                None
+                            }
+                        },
+                    };
+                    if event.is_some() {
+                        first_event = event;
+                        if body.trim() == url.trim() {
+                            parts.clear();
+                        }
+                    }
+                }
                 for (i, part) in parts.iter().enumerate() {
                     // Derived from the outbox item: a retry after a crash reuses it, and the
                     // homeserver answers with the event it already has.
@@ -265,6 +315,24 @@ impl Bridge {
                     };
                     *remote += t.elapsed();
                     first_event.get_or_insert(event);
+                }
+                if let Some(reason) = file_failed {
+                    let txn = format!("xmpp-{}-file-notice", item.id);
+                    let notice = mapping::notice(&format!(
+                        "⚠ The file above could not be brought into Matrix: {reason}."
+                    ));
+                    if !already
+                        .iter()
+                        .any(|e| e["content"][TXN_MARKER] == txn.as_str())
+                    {
+                        let mut notice = notice;
+                        notice[TXN_MARKER] = Value::String(txn.clone());
+                        self.inner
+                            .matrix
+                            .send_message(&ghost, &room, &txn, raw(&notice), "m.room.message", None)
+                            .await
+                            .map_err(in_room)?;
+                    }
                 }
                 let mapping = match (first_event, stanza_id) {
                     // A contact's id that looks like the map's reaction entries is not kept.

@@ -292,7 +292,8 @@ impl Bridge {
         });
         let mut payload = ToMatrix::message(account, &contact, body, ts, m.id.clone(), received)
             .with_relations(m.replace.clone(), reply_to)
-            .markable(m.markable && own.is_none());
+            .markable(m.markable && own.is_none())
+            .with_file(m.oob_url.clone());
         if let Some(own) = own {
             payload = payload.own_message(own.to_string());
         }

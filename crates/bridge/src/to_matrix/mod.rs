@@ -4,6 +4,7 @@
 
 mod deliver;
 mod markers;
+mod media;
 mod message;
 mod presence;
 mod relations;

@@ -58,10 +58,14 @@ pub(super) async fn on_message(
         _ => content,
     };
     let standard = speaks_relations(bridge, sender).await;
-    let mut text = mapping::matrix_to_xmpp_body(shown, inner.matrix.base_url(), standard)
-        .ok_or_else(|| {
+    // A file goes as a link to the bridge (the first part), with its caption after it.
+    let file = mapping::matrix_file(shown);
+    let mut text = match &file {
+        Some(f) => f.caption.clone().unwrap_or_default(),
+        None => mapping::matrix_to_xmpp_body(shown, standard).ok_or_else(|| {
             HandleError::Fail("this kind of message cannot be sent to Messenger".into())
-        })?;
+        })?,
+    };
     let event_id = event["event_id"].as_str().unwrap_or("");
     // XEP-0308 names the first message of a correction chain, as Matrix edits do.
     let mut replace = None;
@@ -98,13 +102,26 @@ pub(super) async fn on_message(
         }
     }
     let max = inner.config.bridge.max_message_bytes;
-    let mut parts = mapping::split_text(&text, max);
+    let split = |text: &str| match text.is_empty() {
+        true => Vec::new(),
+        false => mapping::split_text(text, max),
+    };
+    let mut parts = split(&text);
+    let link = file
+        .as_ref()
+        .map(|f| crate::media::link(bridge, &f.mxc, &f.mime, &f.name));
+    if let Some(link) = &link {
+        parts.insert(0, link.clone());
+    }
     if replace.is_some() && parts.len() > 1 {
         // A correction is one message; a long one goes as new text.
         replace = None;
     }
     if is_edit && replace.is_none() {
-        parts = mapping::split_text(&format!("✎ {text}"), max);
+        parts = split(&format!("✎ {text}"));
+        if let Some(link) = &link {
+            parts.insert(0, link.clone());
+        }
     }
     // The first part carries the id the message map keeps, so what names the message (a
     // reply, a correction, a reaction) names a part the contact has.
@@ -122,10 +139,14 @@ pub(super) async fn on_message(
         message.chat_state = Some(ChatState::Active);
         // XEP-0333: the contact's client says when it was read (the ghost's read receipt).
         message.markable = standard;
+        if i == 0 && standard {
+            // XEP-0066: clients show the file inline when the body is its URL.
+            message.oob_url.clone_from(&link);
+        }
         if i == 0 {
             if let Some(reply) = &reply {
                 message.reply = Some(reply.clone());
-                if fallback_len > 0 && fallback_len <= part.chars().count() {
+                if link.is_none() && fallback_len > 0 && fallback_len <= part.chars().count() {
                     message.fallbacks = vec![Fallback {
                         for_ns: ns::REPLY.into(),
                         ranges: vec![(0, fallback_len)],
@@ -255,7 +276,7 @@ pub(super) async fn quote_of(bridge: &Bridge, room: &str, event: &str) -> Option
         _ => &target["content"],
     };
     // A quote is plain: its marks would style the line around it.
-    let text = mapping::matrix_to_xmpp_body(content, bridge.inner.matrix.base_url(), false)?;
+    let text = mapping::matrix_to_xmpp_body(content, false)?;
     let sender = target["sender"].as_str().unwrap_or_default().to_owned();
     Some((mapping::excerpt(&text, 80), sender))
 }

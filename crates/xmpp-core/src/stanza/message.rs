@@ -93,6 +93,8 @@ pub struct Message {
     pub displayed: Option<String>,
     /// XEP-0334 `<store/>`: to be kept (offline storage, archive) although it has no body.
     pub store_hint: bool,
+    /// XEP-0066 `<x xmlns='jabber:x:oob'><url/>`: a file the message carries.
+    pub oob_url: Option<String>,
 }
 
 impl Message {
@@ -128,6 +130,7 @@ impl Message {
             markable: false,
             displayed: None,
             store_hint: false,
+            oob_url: None,
         }
     }
 
@@ -193,6 +196,11 @@ impl Message {
             markable: el.child("markable", ns::MARKERS).is_some(),
             displayed: super::relations::displayed(el),
             store_hint: el.child("store", ns::HINTS).is_some(),
+            oob_url: el
+                .child("x", ns::OOB)
+                .and_then(|x| x.child_text("url", ns::OOB))
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty()),
         };
         Ok((message, body))
     }

@@ -152,6 +152,12 @@ pub(super) fn push_elements(el: &mut Element, m: &super::Message) {
     if m.store_hint {
         el.push_child(Element::new("store", ns::HINTS));
     }
+    if let Some(url) = &m.oob_url {
+        el.push_child(
+            Element::new("x", ns::OOB)
+                .with_child(Element::new("url", ns::OOB).with_text(url.clone())),
+        );
+    }
 }
 
 /// `body` without the parts that are fallbacks for `for_ns` (code-point ranges; a fallback
@@ -275,6 +281,7 @@ mod tests {
         r.replace = Some("m2".into());
         r.retract = Some("m3".into());
         r.displayed = Some("m4".into());
+        r.oob_url = Some("https://up.example/cat.png".into());
         assert_eq!(parse(&r.to_element().to_xml()), r);
     }
 }
