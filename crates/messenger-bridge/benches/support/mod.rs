@@ -78,3 +78,169 @@ pub fn enc(s: &str) -> String {
         })
         .collect()
 }
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Current resident memory (VmRSS) of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Resets a process's peak resident memory to its current one (`clear_refs` 5), so the next
+/// [`peak_rss_kib`] is the peak of what follows.
+pub fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// A release bridge on the stack with alice (Messenger host) linked to a fresh Matrix user.
+pub struct BenchBridge {
+    pub process: tokio::process::Child,
+    pub pid: u32,
+    pub dir: std::path::PathBuf,
+    pub matrix: std::sync::Arc<Matrix>,
+    pub user_id: String,
+}
+
+impl BenchBridge {
+    /// Starts it with `bridge_extra` added to the `bridge:` section (YAML flow items, e.g.
+    /// `media_from_private_addresses: true`).
+    pub async fn start(env: &testkit::StackEnv, bridge_extra: &str) -> Self {
+        use serde_json::json;
+        let bin = std::env::var("MESSENGER_BRIDGE_BIN").unwrap_or_else(|_| {
+            testkit::repo_root()
+                .join("target/release/messenger-bridge")
+                .display()
+                .to_string()
+        });
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "build the bridge first: cargo build --release -p messenger-bridge"
+        );
+        let dir = std::env::temp_dir().join(format!("mb-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = String::from_utf8(
+            std::process::Command::new(&bin)
+                .arg("generate-key")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, format!(
+            "homeserver: {{url: \"{}\", server_name: \"{}\"}}\nappservice: {{listen: \"127.0.0.1:29317\", registration: \"{}\"}}\n\
+             xmpp: {{profile: messenger, domain: \"{}\", host: \"{}\", port: {}, ca_file: \"{}\"}}\n\
+             oauth: {{authorize_url: \"{}\", token_url: \"{}\", client_id: \"{}\", client_secret: \"{}\", redirect_url: \"{}\"}}\n\
+             database: {{url: \"sqlite://{}/bridge.db\", encryption_key: \"{}\"}}\nbridge: {{permissions: {{\"{}\": user}}, {bridge_extra}}}\nlogging: {{filter: warn}}\n",
+            env.get("SYNAPSE_URL"), env.get("MATRIX_SERVER_NAME"), env.get("AS_REGISTRATION"), env.get("XMPP_MESSENGER_DOMAIN"), env.get("XMPP_HOST"),
+            env.get("XMPP_PORT"), env.get("XMPP_CA_FILE"), env.get("OAUTH_AUTHORIZE_URL"), env.get("OAUTH_TOKEN_URL"), env.get("OAUTH_CLIENT_ID"),
+            env.get("OAUTH_CLIENT_SECRET"), env.get("OAUTH_REDIRECT_URI"), dir.display(), key.trim(), env.get("MATRIX_SERVER_NAME"),
+        )).unwrap();
+        let username = format!("bench{}", std::process::id());
+        testkit::register_matrix_user(env, &username, "pass-word-1").await;
+        let http = reqwest::Client::new();
+        let login: Value = serde_json::from_slice(&http.post(format!("{}/_matrix/client/v3/login", env.get("SYNAPSE_URL")))
+            .header("content-type", "application/json")
+            .body(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": username}, "password": "pass-word-1"}).to_string())
+            .send().await.unwrap().bytes().await.unwrap()).unwrap();
+        let matrix = std::sync::Arc::new(Matrix {
+            http: http.clone(),
+            base: env.get("SYNAPSE_URL").to_owned(),
+            token: login["access_token"].as_str().unwrap().to_owned(),
+        });
+        let user_id = login["user_id"].as_str().unwrap().to_owned();
+        let tokens = testkit::bridge_tokens_json(env, "alice").await;
+        let mut link = tokio::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .args([
+                "link",
+                "--user",
+                &user_id,
+                "--jid",
+                &format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN")),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(link.stdin.as_mut().unwrap(), tokens.as_bytes())
+            .await
+            .unwrap();
+        drop(link.stdin.take());
+        assert!(link.wait().await.unwrap().success());
+        let process = tokio::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("run")
+            .kill_on_drop(true)
+            .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = process.id().unwrap();
+        for _ in 0..200 {
+            if http
+                .get("http://127.0.0.1:29317/health")
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Self {
+            process,
+            pid,
+            dir,
+            matrix,
+            user_id,
+        }
+    }
+
+    /// Has `bob` write to alice, joins the portal the bridge opens; its room id.
+    pub async fn open_portal(
+        &self,
+        env: &testkit::StackEnv,
+        bob: &mut testkit::XmppContact,
+    ) -> String {
+        use serde_json::json;
+        let alice = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
+        bob.send_chat(&alice, Some("open"), None).await;
+        loop {
+            let sync = self
+                .matrix
+                .call(
+                    reqwest::Method::GET,
+                    "/_matrix/client/v3/sync?timeout=2000",
+                    None,
+                )
+                .await;
+            if let Some(invites) = sync["rooms"]["invite"].as_object()
+                && let Some(room) = invites.keys().next()
+            {
+                self.matrix
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/_matrix/client/v3/join/{}", enc(room)),
+                        Some(json!({})),
+                    )
+                    .await;
+                return room.clone();
+            }
+        }
+    }
+}
