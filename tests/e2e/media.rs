@@ -55,8 +55,9 @@ async fn download(user: &MatrixUser, mxc: &str) -> Vec<u8> {
     response.bytes().await.unwrap().to_vec()
 }
 
-/// Serves `data` as `image/png` to every request, on loopback; its URL.
-async fn serve_file(data: Vec<u8>) -> String {
+/// Serves `data` to every request, on loopback, with its length or (`with_length` false) ended
+/// by closing the connection, as some servers do; its URL.
+async fn serve_file(data: Vec<u8>, with_length: bool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -74,9 +75,12 @@ async fn serve_file(data: Vec<u8>) -> String {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
+                let length = match with_length {
+                    true => format!("content-length: {}\r\n", data.len()),
+                    false => String::new(),
+                };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    data.len()
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n{length}connection: close\r\n\r\n"
                 );
                 let _ = socket.write_all(head.as_bytes()).await;
                 let _ = socket.write_all(&data).await;
@@ -136,6 +140,33 @@ async fn files_flow_both_ways_and_private_links_are_refused() {
     );
     let tampered = link.replacen("/media/", "/media/x", 1);
     assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 404);
+    // A file the user declared as HTML is a download, never a page on the bridge's site.
+    let page = upload(&user, b"<script>alert(1)</script>".to_vec(), "text/html").await;
+    user.send_json(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.file", "body": "page.html", "url": page, "info": {"mimetype": "text/html"}}),
+    )
+    .await;
+    let got = bob
+        .wait_for(T, |e| {
+            e["event"] == "message"
+                && e["body"]
+                    .as_str()
+                    .is_some_and(|b| b.ends_with("/page.html"))
+        })
+        .await;
+    let fetched = reqwest::get(got["body"].as_str().unwrap()).await.unwrap();
+    assert_eq!(
+        fetched.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert!(
+        fetched.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
     bridge.stop().await;
 
     // XMPP → Matrix: the contact's link is fetched into the homeserver (loopback allowed
@@ -143,7 +174,7 @@ async fn files_flow_both_ways_and_private_links_are_refused() {
     bridge.configure("media_from_private_addresses", "true");
     bridge.start().await;
     let served = png(200 * 1024);
-    let url = serve_file(served.clone()).await;
+    let url = serve_file(served.clone(), true).await;
     bob.command(oob_message(&alice, "bob-f1", &url)).await;
     let image = user
         .wait_event(&room, "the contact's picture", |e| {
@@ -168,6 +199,20 @@ async fn files_flow_both_ways_and_private_links_are_refused() {
             .any(|e| e["content"]["body"] == url.as_str()),
         "the link itself is not posted as well"
     );
+    // A server that sends no length (Synapse needs one: the bridge counts it first).
+    let unsized_file = png(100 * 1024);
+    let unsized_url = serve_file(unsized_file.clone(), false).await;
+    bob.command(oob_message(&alice, "bob-f3", &unsized_url))
+        .await;
+    let second = user
+        .wait_event(&room, "the picture without a length", |e| {
+            e["sender"] == ghost.as_str()
+                && e["content"]["msgtype"] == "m.image"
+                && e["content"]["info"]["size"] == unsized_file.len()
+        })
+        .await;
+    let stored = download(&user, second["content"]["url"].as_str().unwrap()).await;
+    assert!(stored == unsized_file, "the same bytes");
     bridge.stop().await;
 
     // Without the allowance a loopback link is refused: the link and a notice, not silence.

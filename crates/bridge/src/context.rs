@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     /// Per linked user, the rooms whose next message to XMPP waits for their session.
     pub(crate) waiting_for_session: Mutex<HashMap<String, HashSet<String>>>,
     pub(crate) profile_sync: Semaphore,
+    /// Contacts' files being fetched into the homeserver, at most four at a time.
+    pub(crate) media_fetches: Semaphore,
     /// Rooms told that the bridge cannot read encryption (once per run).
     pub(crate) encryption_told: Mutex<HashSet<String>>,
     /// Users the bot opened an unencrypted room for in this run.
@@ -194,6 +196,7 @@ impl Bridge {
                 waiting: Mutex::default(),
                 waiting_for_session: Mutex::default(),
                 profile_sync: Semaphore::new(4),
+                media_fetches: Semaphore::new(4),
                 encryption_told: Mutex::default(),
                 plain_rooms_opened: Mutex::default(),
                 logins: crate::linking::pending::Logins::new(link_lifetime),

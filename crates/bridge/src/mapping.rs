@@ -34,7 +34,8 @@ pub fn matrix_to_xmpp_body(content: &Value, styled: bool) -> Option<String> {
     let body = content.get("body").and_then(Value::as_str).unwrap_or("");
     let is_html = content.get("format").and_then(Value::as_str) == Some("org.matrix.custom.html");
     let text = match content.get("formatted_body").and_then(Value::as_str) {
-        Some(html) if is_html && styled => crate::styling::html_to_styled(html),
+        Some(html) if is_html && styled => crate::styling::html_to_styled(html)
+            .unwrap_or_else(|| strip_reply_fallback(body, content)),
         _ => strip_reply_fallback(body, content),
     };
     match msgtype {
@@ -86,7 +87,9 @@ pub fn matrix_file(content: &Value) -> Option<MatrixFile> {
         return None;
     }
     let mxc = content.get("url")?.as_str()?.to_owned();
-    if !mxc.starts_with("mxc://") {
+    // Strictly `mxc://<server name>/<[A-Za-z0-9_-]+>`: the bridge fetches it with its own
+    // token, so nothing else may reach the homeserver's URL.
+    if !<&ruma::MxcUri>::from(mxc.as_str()).is_valid() {
         return None;
     }
     let body = content.get("body").and_then(Value::as_str).unwrap_or("");
@@ -293,6 +296,19 @@ mod tests {
             None,
             "encrypted files are not fetched"
         );
+        for bad in [
+            "mxc://..\\..\\client\\v3\\joined_rooms?a=/",
+            "mxc://hs.org/../../client/v3/sync",
+            "mxc://hs.org/a%2e%2e",
+            "mxc://hs.org/a/b",
+            "mxc:///abc",
+        ] {
+            assert_eq!(
+                matrix_file(&json!({"msgtype": "m.file", "body": "x", "url": bad})),
+                None,
+                "{bad}"
+            );
+        }
         assert_eq!(
             matrix_to_xmpp_body(&json!({"msgtype": "m.location", "body": ""}), true),
             None

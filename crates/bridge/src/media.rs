@@ -130,19 +130,58 @@ pub(crate) async fn serve(
         )
             .into_response();
     }
+    // Only media types a browser cannot run are shown inline: anything else (HTML, SVG,
+    // scripts) would run on the bridge's own site, beside its login pages.
+    let (mime, disposition) = match inline_type(&mime) {
+        Some(m) => (m, "inline"),
+        None => ("application/octet-stream".to_owned(), "attachment"),
+    };
     let mut response = Response::builder()
         .header(http::header::CONTENT_TYPE, mime)
         .header(
             http::header::CONTENT_DISPOSITION,
-            format!("inline; filename=\"{}\"", safe_name(&name)),
+            format!("{disposition}; filename=\"{}\"", safe_name(&name)),
         )
-        .header("x-content-type-options", "nosniff");
+        .header("x-content-type-options", "nosniff")
+        .header("content-security-policy", "sandbox; default-src 'none'")
+        .header("referrer-policy", "no-referrer")
+        .header(http::header::CACHE_CONTROL, "private, max-age=3600");
     if let Some(n) = upstream.content_length() {
         response = response.header(http::header::CONTENT_LENGTH, n);
     }
     response
         .body(Body::from_stream(capped(upstream.bytes_stream(), max)))
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot build a media response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        })
+}
+
+/// The type to serve inline, if the declared one is a plain image, video or audio type.
+fn inline_type(mime: &str) -> Option<String> {
+    let mime = mime
+        .split(';')
+        .next()
+        .unwrap_or(mime)
+        .trim()
+        .to_ascii_lowercase();
+    let ok = matches!(
+        mime.as_str(),
+        "image/png"
+            | "image/jpeg"
+            | "image/gif"
+            | "image/webp"
+            | "image/avif"
+            | "image/heic"
+            | "video/mp4"
+            | "video/webm"
+            | "video/ogg"
+            | "video/quicktime"
+    ) || mime.starts_with("audio/")
+        && mime[6..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'+'));
+    ok.then_some(mime)
 }
 
 /// A byte stream that fails once more than `max` bytes went through.
@@ -184,6 +223,51 @@ pub(crate) fn sniff(head: &[u8], declared: Option<&str>) -> String {
             b'P',
             ..,
         ] => Some("image/webp"),
+        [
+            _,
+            _,
+            _,
+            _,
+            b'f',
+            b't',
+            b'y',
+            b'p',
+            b'h',
+            b'e',
+            b'i',
+            b'c' | b'x',
+            ..,
+        ]
+        | [
+            _,
+            _,
+            _,
+            _,
+            b'f',
+            b't',
+            b'y',
+            b'p',
+            b'm',
+            b'i',
+            b'f',
+            b'1',
+            ..,
+        ] => Some("image/heic"),
+        [
+            _,
+            _,
+            _,
+            _,
+            b'f',
+            b't',
+            b'y',
+            b'p',
+            b'a',
+            b'v',
+            b'i',
+            b'f',
+            ..,
+        ] => Some("image/avif"),
         [_, _, _, _, b'f', b't', b'y', b'p', ..] => Some("video/mp4"),
         [b'O', b'g', b'g', b'S', ..] => Some("audio/ogg"),
         [b'%', b'P', b'D', b'F', ..] => Some("application/pdf"),
@@ -366,6 +450,53 @@ mod tests {
         assert_eq!(safe_name("../../etc/passwd"), ".._.._etc_passwd");
         assert_eq!(safe_name(""), "file");
         assert_eq!(safe_name("\"><script>"), "___script_");
+    }
+
+    #[test]
+    fn only_harmless_types_are_served_inline() {
+        assert_eq!(inline_type("image/png").as_deref(), Some("image/png"));
+        assert_eq!(
+            inline_type("audio/ogg; codecs=opus").as_deref(),
+            Some("audio/ogg")
+        );
+        for bad in [
+            "text/html",
+            "image/svg+xml",
+            "application/javascript",
+            "audio/x\r\nx",
+            "",
+        ] {
+            assert_eq!(inline_type(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn internal_addresses_include_the_ones_hidden_in_ipv6() {
+        use crate::linking::is_internal;
+        for internal in [
+            "0.1.2.3",
+            "10.0.0.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "198.18.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "::1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::",
+            "fc00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["93.184.216.34", "2606:4700::1111", "64:ff9b::5db8:d822"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
     }
 
     #[tokio::test]

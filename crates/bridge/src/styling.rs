@@ -13,13 +13,50 @@ use ruma_html::{Html, NodeData, NodeRef};
 
 /// Matrix HTML as styled plain text: emphasis as XEP-0393 marks, links as `text (url)`, lists
 /// as bullets, quotes as `> ` lines, the reply fallback (`<mx-reply>`) dropped.
-pub fn html_to_styled(html: &str) -> String {
+pub fn html_to_styled(html: &str) -> Option<String> {
+    if nesting(html) > MAX_HTML_DEPTH {
+        return None;
+    }
     let doc = Html::parse(html);
     let mut out = String::new();
     for node in doc.children() {
         render(&node, &mut out, false);
     }
-    tidy(&out)
+    Some(tidy(&out))
+}
+
+/// HTML nested deeper than this is not rendered (the caller keeps the plain body): rendering
+/// and the parser's tree both recurse per level.
+const MAX_HTML_DEPTH: usize = 64;
+
+/// How deep the tags of `html` nest, counted without parsing (void and self-closed tags do not
+/// nest; an unclosed tag counts as open).
+fn nesting(html: &str) -> usize {
+    const VOID: [&str; 6] = ["br", "img", "hr", "input", "meta", "wbr"];
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut rest = html;
+    while let Some(lt) = rest.find('<') {
+        rest = &rest[lt + 1..];
+        let end = rest.find('>').unwrap_or(rest.len());
+        let tag = &rest[..end];
+        if let Some(closing) = tag.strip_prefix('/') {
+            if closing.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                depth = depth.saturating_sub(1);
+            }
+        } else if tag.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            let name: String = tag
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if !tag.ends_with('/') && !VOID.contains(&name.as_str()) {
+                depth += 1;
+                max = max.max(depth);
+            }
+        }
+        rest = &rest[end.min(rest.len())..];
+    }
+    max
 }
 
 fn render_children(node: &NodeRef, out: &mut String, pre: bool) {
@@ -185,6 +222,11 @@ fn tidy(s: &str) -> String {
     out.trim_end().to_owned()
 }
 
+/// Quote levels and span nesting beyond these stay plain text: hostile input must not recurse
+/// or loop without bound.
+const MAX_QUOTE_DEPTH: usize = 16;
+const MAX_SPAN_DEPTH: usize = 8;
+
 /// XEP-0393 styled text as Matrix HTML, or `None` when it has no styling (then the plain body
 /// says it all).
 pub fn styled_to_html(text: &str) -> Option<String> {
@@ -193,12 +235,28 @@ pub fn styled_to_html(text: &str) -> Option<String> {
     styled.then_some(html)
 }
 
-/// Renders the block structure; returns whether any styling was found.
+/// A line's quote depth (`>` marks, each optionally followed by a space, at most
+/// [`MAX_QUOTE_DEPTH`]) and the rest of it.
+fn quote_depth(line: &str) -> (usize, &str) {
+    let mut depth = 0;
+    let mut rest = line;
+    while depth < MAX_QUOTE_DEPTH
+        && let Some(r) = rest.strip_prefix('>')
+    {
+        depth += 1;
+        rest = r.strip_prefix(' ').unwrap_or(r);
+    }
+    (depth, rest)
+}
+
+/// Renders the block structure, line by line (quotes opened and closed as the depth changes,
+/// no recursion); returns whether any styling was found.
 fn blocks(text: &str, html: &mut String) -> bool {
     let lines: Vec<&str> = text.split('\n').collect();
     let mut styled = false;
-    let mut i = 0;
+    let mut open = 0;
     let mut first = true;
+    let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
         if line.starts_with("```") {
@@ -207,85 +265,102 @@ fn blocks(text: &str, html: &mut String) -> bool {
                 .iter()
                 .position(|l| *l == "```")
                 .map_or(lines.len(), |p| i + 1 + p);
+            for _ in 0..open {
+                html.push_str("</blockquote>");
+            }
+            if open > 0 {
+                first = true;
+            }
+            open = 0;
             if !first {
                 html.push_str("<br>");
             }
             html.push_str("<pre><code>");
-            html.push_str(&escape(&lines[i + 1..end].join("\n")));
+            html.push_str(&escape(&lines[(i + 1).min(end)..end].join("\n")));
             html.push_str("</code></pre>");
             styled = true;
             first = true;
             i = end + 1;
             continue;
         }
-        if line.starts_with('>') {
-            let end = lines[i..]
-                .iter()
-                .position(|l| !l.starts_with('>'))
-                .map_or(lines.len(), |p| i + p);
-            let quoted: Vec<&str> = lines[i..end]
-                .iter()
-                .map(|l| {
-                    let l = &l[1..];
-                    l.strip_prefix(' ').unwrap_or(l)
-                })
-                .collect();
-            html.push_str("<blockquote>");
-            blocks(&quoted.join("\n"), html);
-            html.push_str("</blockquote>");
+        let (depth, rest) = quote_depth(line);
+        if depth != open {
+            while open > depth {
+                html.push_str("</blockquote>");
+                open -= 1;
+            }
+            while open < depth {
+                html.push_str("<blockquote>");
+                open += 1;
+            }
             styled = true;
             first = true;
-            i = end;
-            continue;
         }
         if !first {
             html.push_str("<br>");
         }
-        styled |= spans(line, html);
+        styled |= spans(rest, html, 0);
         first = false;
         i += 1;
+    }
+    for _ in 0..open {
+        html.push_str("</blockquote>");
     }
     styled
 }
 
+/// For each position of `chars`, the index of the next closing `mark` at or after it (a
+/// `mark` not preceded by whitespace), so finding a span's end is one lookup.
+fn next_closers(chars: &[char], mark: char) -> Vec<Option<usize>> {
+    let mut next = vec![None; chars.len() + 1];
+    for j in (0..chars.len()).rev() {
+        let closes = chars[j] == mark && j > 0 && !chars[j - 1].is_whitespace();
+        next[j] = if closes { Some(j) } else { next[j + 1] };
+    }
+    next
+}
+
 /// Renders one line's spans; returns whether any was found.
-fn spans(line: &str, html: &mut String) -> bool {
+fn spans(line: &str, html: &mut String, depth: usize) -> bool {
     let chars: Vec<char> = line.chars().collect();
+    let marks = [('*', "strong"), ('_', "em"), ('~', "del"), ('`', "code")];
+    let closers: Vec<Vec<Option<usize>>> = if depth < MAX_SPAN_DEPTH {
+        marks
+            .iter()
+            .map(|(m, _)| next_closers(&chars, *m))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut styled = false;
     let mut plain = String::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        let tag = match c {
-            '*' => Some("strong"),
-            '_' => Some("em"),
-            '~' => Some("del"),
-            '`' => Some("code"),
-            _ => None,
-        };
-        let opens = tag.is_some()
-            && (i == 0 || chars[i - 1].is_whitespace())
+        let mark = marks.iter().position(|(m, _)| *m == c);
+        let opens = (i == 0 || chars[i - 1].is_whitespace())
             && chars
                 .get(i + 1)
                 .is_some_and(|n| !n.is_whitespace() && *n != c);
-        if let (Some(tag), true) = (tag, opens) {
-            let close =
-                (i + 2..chars.len()).find(|&j| chars[j] == c && !chars[j - 1].is_whitespace());
-            if let Some(j) = close {
-                html.push_str(&escape(&plain));
-                plain.clear();
-                let inner: String = chars[i + 1..j].iter().collect();
-                let _ = write!(html, "<{tag}>");
-                if tag == "code" {
-                    html.push_str(&escape(&inner));
-                } else {
-                    spans(&inner, html);
-                }
-                let _ = write!(html, "</{tag}>");
-                styled = true;
-                i = j + 1;
-                continue;
+        let close = match (mark, opens) {
+            (Some(k), true) if !closers.is_empty() => closers[k].get(i + 2).copied().flatten(),
+            _ => None,
+        };
+        if let (Some(k), Some(j)) = (mark, close) {
+            let tag = marks[k].1;
+            html.push_str(&escape(&plain));
+            plain.clear();
+            let inner: String = chars[i + 1..j].iter().collect();
+            let _ = write!(html, "<{tag}>");
+            if tag == "code" {
+                html.push_str(&escape(&inner));
+            } else {
+                spans(&inner, html, depth + 1);
             }
+            let _ = write!(html, "</{tag}>");
+            styled = true;
+            i = j + 1;
+            continue;
         }
         plain.push(c);
         i += 1;
@@ -314,6 +389,7 @@ mod tests {
 
     #[test]
     fn matrix_html_becomes_styling() {
+        let html_to_styled = |h: &str| html_to_styled(h).unwrap();
         assert_eq!(
             html_to_styled(
                 "<mx-reply><blockquote>old</blockquote></mx-reply><p><strong>bold</strong> &amp; \
@@ -358,6 +434,31 @@ mod tests {
         assert_eq!(
             styled_to_html("*strong _and emphasis_*"),
             Some("<strong>strong <em>and emphasis</em></strong>".into())
+        );
+    }
+
+    #[test]
+    fn hostile_input_neither_recurses_nor_loops_without_bound() {
+        let deep_quote = ">".repeat(100_000);
+        let html = styled_to_html(&deep_quote).unwrap();
+        assert_eq!(html.matches("<blockquote>").count(), MAX_QUOTE_DEPTH);
+        let openers = "a *a ".repeat(20_000) + "a*";
+        let t = std::time::Instant::now();
+        let _ = styled_to_html(&openers);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "linear, not quadratic"
+        );
+        let nested = "*_~".repeat(10_000) + "x" + &"~_*".repeat(10_000);
+        assert!(styled_to_html(&nested).is_some());
+        assert_eq!(
+            html_to_styled(&"<div>".repeat(20_000)),
+            None,
+            "too deep: the plain body"
+        );
+        assert!(
+            html_to_styled(&"<br>".repeat(20_000)).is_some(),
+            "void tags do not nest"
         );
     }
 

@@ -300,23 +300,40 @@ pub fn password_safe_url(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Loopback, private, link-local, unspecified or otherwise non-public addresses.
+/// Loopback, private, link-local, unspecified, multicast, reserved or otherwise non-public
+/// addresses, also when written inside an IPv6 address (mapped, compatible, NAT64, 6to4).
 pub(crate) fn is_internal(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10 (CGNAT)
+                || v4.is_multicast()
+                || a == 0 // 0/8 ("this network")
+                || a == 100 && (b & 0xc0) == 64 // 100.64/10 (CGNAT)
+                || a == 198 && (b & 0xfe) == 18 // 198.18/15 (benchmarking)
+                || a >= 240 // 240/4 (reserved)
         }
         std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded =
+                |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
+                // IPv4-compatible ::a.b.c.d
+                || s[..6].iter().all(|x| *x == 0) && is_internal(embedded(s[6], s[7]).into())
+                // NAT64 64:ff9b::/96 and 64:ff9b:1::/48
+                || (s[0] == 0x64 && s[1] == 0xff9b) && is_internal(embedded(s[6], s[7]).into())
+                // 6to4 2002:a.b.c.d::/48
+                || s[0] == 0x2002 && is_internal(embedded(s[1], s[2]).into())
         }
     }
 }

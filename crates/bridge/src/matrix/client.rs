@@ -318,17 +318,30 @@ impl MatrixClient {
     /// Starts downloading a file of the homeserver (`mxc://server/id`) as the appservice
     /// (authenticated media, Matrix 1.11); the body is read by the caller, as a stream.
     pub async fn download(&self, mxc: &str) -> Result<reqwest::Response, MatrixError> {
-        let Some(path) = mxc
-            .strip_prefix("mxc://")
-            .filter(|p| p.split('/').count() == 2)
-        else {
-            return Err(MatrixError::Invalid {
-                what: "media download",
-                reason: format!("not an mxc:// URI: {mxc}"),
-            });
+        let invalid = |reason: String| MatrixError::Invalid {
+            what: "media download",
+            reason,
         };
-        let url = format!("{}/_matrix/client/v1/media/download/{path}", self.base);
-        self.raw_request(self.http.get(url), "media download").await
+        let (server, media_id) = <&ruma::MxcUri>::from(mxc)
+            .parts()
+            .map_err(|e| invalid(format!("not a valid mxc:// URI ({e}): {mxc}")))?;
+        let mut url =
+            reqwest::Url::parse(&format!("{}/", self.base)).map_err(|e| invalid(e.to_string()))?;
+        url.path_segments_mut()
+            .map_err(|()| invalid("the homeserver URL cannot have a path".into()))?
+            .pop_if_empty()
+            .extend([
+                "_matrix",
+                "client",
+                "v1",
+                "media",
+                "download",
+                server.as_str(),
+                media_id,
+            ]);
+        // A large file to a slow reader takes long: the client's 60 s cap is for API calls.
+        let request = self.http.get(url).timeout(Duration::from_secs(3600));
+        self.raw_request(request, "media download").await
     }
 
     /// Uploads a file to the homeserver as `user` from a stream of `length` bytes (when

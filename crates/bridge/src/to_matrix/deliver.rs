@@ -231,7 +231,8 @@ impl Bridge {
                                 *remote += t.elapsed();
                                 Some(event)
                             }
-                            Err(reason) => {
+                            Err(super::media::FileError::Retry(e)) => return Err(in_room(e)),
+                            Err(super::media::FileError::Refused(reason)) => {
                                 tracing::warn!(%room, %url, %reason, "a contact's file could not be brought into Matrix; its link is posted");
                                 self.inner.metrics.failure("media_not_bridged");
                                 file_failed = Some(reason);

@@ -8,10 +8,30 @@ use ruma::UserId;
 use serde_json::{Value, json};
 
 use crate::context::Bridge;
+use crate::matrix::MatrixError;
 use crate::media;
 
 /// Bytes looked at to tell a file's type and an image's size.
 const HEAD: usize = 64 * 1024;
+/// The whole fetch and upload, at most: under the outbox's claim on the message (two minutes),
+/// so a slow server never makes a second delivery start beside the first.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(100);
+
+/// Why a contact's file did not reach Matrix.
+#[derive(Debug)]
+pub(super) enum FileError {
+    /// It cannot be brought over (refused, too large, its server failed): the link is posted
+    /// with a notice saying this.
+    Refused(String),
+    /// The homeserver failed in a way worth retrying the whole message for.
+    Retry(MatrixError),
+}
+
+impl From<String> for FileError {
+    fn from(reason: String) -> Self {
+        Self::Refused(reason)
+    }
+}
 
 impl Bridge {
     /// Fetches the file at `url` and uploads it to the homeserver as `uploader`; returns the
@@ -20,7 +40,28 @@ impl Bridge {
         &self,
         url: &str,
         uploader: &UserId,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, FileError> {
+        let work = async {
+            // A few at a time: slow servers must not hold every delivery task.
+            let _slot = self
+                .inner
+                .media_fetches
+                .acquire()
+                .await
+                .map_err(|e| FileError::Refused(e.to_string()))?;
+            self.fetch_and_upload(url, uploader).await
+        };
+        tokio::time::timeout(DEADLINE, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(FileError::Refused(format!(
+                    "fetching and storing it took more than {} s",
+                    DEADLINE.as_secs()
+                )))
+            })
+    }
+
+    async fn fetch_and_upload(&self, url: &str, uploader: &UserId) -> Result<Value, FileError> {
         let config = &self.inner.config.bridge;
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a link ({e})"))?;
         let address = media::checked_address(&parsed, config.media_from_private_addresses).await?;
@@ -29,6 +70,8 @@ impl Bridge {
         let client = reqwest::Client::builder()
             .resolve(&host, address)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from the environment would look the name up again, elsewhere.
+            .no_proxy()
             .connect_timeout(std::time::Duration::from_secs(10))
             .read_timeout(std::time::Duration::from_secs(60))
             .build()
@@ -40,12 +83,12 @@ impl Bridge {
             .map_err(|e| format!("cannot fetch it ({e})"))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("its server answered {status}"));
+            return Err(format!("its server answered {status}").into());
         }
         let max = config.max_media_bytes;
         let length = response.content_length();
         if length.is_some_and(|n| n > max) {
-            return Err(format!("it is larger than this bridge takes ({max} bytes)"));
+            return Err(format!("it is larger than this bridge takes ({max} bytes)").into());
         }
         let declared = response
             .headers()
@@ -62,7 +105,7 @@ impl Bridge {
                     head_len += chunk.len();
                     head.push(chunk);
                 }
-                Some(Err(e)) => return Err(format!("the download broke off ({e})")),
+                Some(Err(e)) => return Err(format!("the download broke off ({e})").into()),
                 None => break,
             }
         }
@@ -72,17 +115,30 @@ impl Bridge {
         let name = file_name(&parsed);
         let body =
             futures_util::stream::iter(head.into_iter().map(Ok::<_, reqwest::Error>)).chain(stream);
-        let body = reqwest::Body::wrap_stream(media::capped(body, max));
-        let mxc = self
+        let body = media::capped(body, max);
+        // Synapse takes an upload only with its length: without one from the contact's
+        // server, the file is written to a temporary file first (capped, deleted after).
+        let (upload, length, spool) = match length {
+            Some(n) => (reqwest::Body::wrap_stream(body), n, None),
+            None => {
+                let spool = Spool::write(Box::pin(body)).await?;
+                let file = tokio::fs::File::open(&spool.path)
+                    .await
+                    .map_err(|e| format!("cannot read the temporary copy ({e})"))?;
+                (reqwest::Body::from(file), spool.len, Some(spool))
+            }
+        };
+        let stored = self
             .inner
             .matrix
-            .upload_stream(uploader, body, length, &mime, &name)
-            .await
-            .map_err(|e| format!("the homeserver did not take it ({e})"))?;
-        let mut info = json!({"mimetype": mime});
-        if let Some(n) = length {
-            info["size"] = json!(n);
-        }
+            .upload_stream(uploader, upload, Some(length), &mime, &name)
+            .await;
+        drop(spool);
+        let mxc = stored.map_err(|e| match e.is_transient() {
+            true => FileError::Retry(e),
+            false => FileError::Refused(format!("the homeserver did not take it ({e})")),
+        })?;
+        let mut info = json!({"mimetype": mime, "size": length});
         if let Some((w, h)) = size {
             info["w"] = json!(w);
             info["h"] = json!(h);
@@ -94,6 +150,49 @@ impl Bridge {
             "url": mxc.to_string(),
             "info": info,
         }))
+    }
+}
+
+/// A temporary copy of a download, removed when dropped.
+struct Spool {
+    path: std::path::PathBuf,
+    len: u64,
+}
+
+impl Spool {
+    async fn write(
+        mut body: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Unpin,
+    ) -> Result<Self, FileError> {
+        use tokio::io::AsyncWriteExt;
+        let path = std::env::temp_dir().join(format!(
+            "messenger-bridge-{}.part",
+            crate::context::short_hash(&format!(
+                "{:?}{:?}",
+                std::time::SystemTime::now(),
+                std::thread::current().id()
+            ))
+        ));
+        let mut spool = Self { path, len: 0 };
+        let mut file = tokio::fs::File::create(&spool.path)
+            .await
+            .map_err(|e| format!("cannot write a temporary copy ({e})"))?;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("the download broke off ({e})"))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("cannot write a temporary copy ({e})"))?;
+            spool.len += chunk.len() as u64;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("cannot write a temporary copy ({e})"))?;
+        Ok(spool)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -69,7 +69,12 @@ impl Bridge {
             .await;
             return;
         }
-        let body = m.body.clone().filter(|b| !b.is_empty());
+        // A file without a body: its link is the body.
+        let body = m
+            .body
+            .clone()
+            .filter(|b| !b.is_empty())
+            .or_else(|| m.oob_url.clone());
         if let (None, Some(read)) = (&body, &m.displayed) {
             self.on_contact_read(account, &from, read).await;
             return;
