@@ -45,6 +45,12 @@ if [ ! -f "$reg" ]; then
     fi
 fi
 
+# The root filesystem is read-only: a contact's file without a length is counted in a
+# temporary copy under /data (the volume), unless TMPDIR says otherwise.
+if [ -z "${TMPDIR:-}" ] && [ -d /data ] && [ -w /data ]; then
+    mkdir -p /data/tmp && export TMPDIR=/data/tmp
+fi
+
 case $cmd in
     init) say "registration at $reg is ready"; exit 0 ;;
     run | check-config | check-xmpp | generate-registration | generate-key | link | healthcheck | version) exec "$bin" "$@" ;;
