@@ -208,21 +208,7 @@ pub(crate) fn sniff(head: &[u8], declared: Option<&str>) -> String {
         [0x89, b'P', b'N', b'G', ..] => Some("image/png"),
         [0xff, 0xd8, 0xff, ..] => Some("image/jpeg"),
         [b'G', b'I', b'F', b'8', ..] => Some("image/gif"),
-        [
-            b'R',
-            b'I',
-            b'F',
-            b'F',
-            _,
-            _,
-            _,
-            _,
-            b'W',
-            b'E',
-            b'B',
-            b'P',
-            ..,
-        ] => Some("image/webp"),
+        _ if is_webp(head) => Some("image/webp"),
         [
             _,
             _,
@@ -285,6 +271,11 @@ pub(crate) fn sniff(head: &[u8], declared: Option<&str>) -> String {
         .unwrap_or_else(|| "application/octet-stream".into())
 }
 
+/// A WebP image: a RIFF container of type `WEBP`.
+fn is_webp(head: &[u8]) -> bool {
+    head.get(..4) == Some(b"RIFF") && head.get(8..12) == Some(b"WEBP")
+}
+
 /// An image's width and height from its first bytes (PNG, GIF, JPEG, WebP).
 pub(crate) fn image_size(head: &[u8]) -> Option<(u32, u32)> {
     let be16 =
@@ -295,25 +286,7 @@ pub(crate) fn image_size(head: &[u8]) -> Option<(u32, u32)> {
     match head {
         [0x89, b'P', b'N', b'G', ..] => Some((be32(head, 16)?, be32(head, 20)?)),
         [b'G', b'I', b'F', b'8', ..] => Some((le16(head, 6)?, le16(head, 8)?)),
-        [
-            b'R',
-            b'I',
-            b'F',
-            b'F',
-            _,
-            _,
-            _,
-            _,
-            b'W',
-            b'E',
-            b'B',
-            b'P',
-            b'V',
-            b'P',
-            b'8',
-            kind,
-            ..,
-        ] => match kind {
+        _ if is_webp(head) && head.get(12..15) == Some(b"VP8") => match head.get(15)? {
             b' ' => Some((le16(head, 26)? & 0x3fff, le16(head, 28)? & 0x3fff)),
             b'L' => {
                 let b = head.get(21..25)?;
@@ -431,6 +404,10 @@ mod tests {
         jpeg.extend_from_slice(&[0xff, 0xc0, 0x00, 0x11, 0x08, 0x00, 0xc8, 0x01, 0x2c, 0x03]);
         jpeg.extend_from_slice(&[0; 8]);
         assert_eq!(image_size(&jpeg), Some((300, 200)));
+        let mut webp = b"RIFF\0\0\0\0WEBPVP8X\0\0\0\0\0\0\0\0".to_vec();
+        webp.extend_from_slice(&[0x7f, 0x02, 0x00, 0xdf, 0x01, 0x00]);
+        assert_eq!(sniff(&webp, None), "image/webp");
+        assert_eq!(image_size(&webp), Some((640, 480)));
         assert_eq!(
             sniff(b"hello", Some("text/plain; charset=utf-8")),
             "text/plain"

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use support::{Matrix, cpu_times, enc};
-use testkit::{ContactLogin, StackEnv, XmppContact, repo_root};
+use serde_json::json;
+use support::{BenchBridge, Matrix, cpu_times, enc};
+use testkit::{ContactLogin, StackEnv, XmppContact};
 
 mod support;
 
@@ -111,121 +111,14 @@ async fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(2000);
     let env = StackEnv::load();
-    let bin = std::env::var("MESSENGER_BRIDGE_BIN").unwrap_or_else(|_| {
-        repo_root()
-            .join("target/release/messenger-bridge")
-            .display()
-            .to_string()
-    });
-    assert!(
-        std::path::Path::new(&bin).exists(),
-        "build the bridge first: cargo build --release -p messenger-bridge"
-    );
-    let dir = std::env::temp_dir().join(format!("mb-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = String::from_utf8(
-        std::process::Command::new(&bin)
-            .arg("generate-key")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let config = dir.join("config.yaml");
-    std::fs::write(&config, format!(
-        "homeserver: {{url: \"{}\", server_name: \"{}\"}}\nappservice: {{listen: \"127.0.0.1:29317\", registration: \"{}\"}}\n\
-         xmpp: {{profile: messenger, domain: \"{}\", host: \"{}\", port: {}, ca_file: \"{}\"}}\n\
-         oauth: {{authorize_url: \"{}\", token_url: \"{}\", client_id: \"{}\", client_secret: \"{}\", redirect_url: \"{}\"}}\n\
-         database: {{url: \"sqlite://{}/bridge.db\", encryption_key: \"{}\"}}\nbridge: {{permissions: {{\"{}\": user}}}}\nlogging: {{filter: warn}}\n",
-        env.get("SYNAPSE_URL"), env.get("MATRIX_SERVER_NAME"), env.get("AS_REGISTRATION"), env.get("XMPP_MESSENGER_DOMAIN"), env.get("XMPP_HOST"),
-        env.get("XMPP_PORT"), env.get("XMPP_CA_FILE"), env.get("OAUTH_AUTHORIZE_URL"), env.get("OAUTH_TOKEN_URL"), env.get("OAUTH_CLIENT_ID"),
-        env.get("OAUTH_CLIENT_SECRET"), env.get("OAUTH_REDIRECT_URI"), dir.display(), key.trim(), env.get("MATRIX_SERVER_NAME"),
-    )).unwrap();
-
-    // A Matrix user linked to alice.
-    let username = format!("bench{}", std::process::id());
-    testkit::register_matrix_user(&env, &username, "pass-word-1").await;
-    let http = reqwest::Client::new();
-    let login: Value = serde_json::from_slice(&http.post(format!("{}/_matrix/client/v3/login", env.get("SYNAPSE_URL")))
-        .header("content-type", "application/json")
-        .body(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": username}, "password": "pass-word-1"}).to_string())
-        .send().await.unwrap().bytes().await.unwrap()).unwrap();
-    let matrix = Arc::new(Matrix {
-        http: http.clone(),
-        base: env.get("SYNAPSE_URL").to_owned(),
-        token: login["access_token"].as_str().unwrap().to_owned(),
-    });
-    let user_id = login["user_id"].as_str().unwrap().to_owned();
-    let tokens = testkit::bridge_tokens_json(&env, "alice").await;
-    let mut link = tokio::process::Command::new(&bin)
-        .arg("-c")
-        .arg(&config)
-        .args([
-            "link",
-            "--user",
-            &user_id,
-            "--jid",
-            &format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN")),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(link.stdin.as_mut().unwrap(), tokens.as_bytes())
-        .await
-        .unwrap();
-    drop(link.stdin.take());
-    assert!(link.wait().await.unwrap().success());
-
-    let mut bridge = tokio::process::Command::new(&bin)
-        .arg("-c")
-        .arg(&config)
-        .arg("run")
-        .kill_on_drop(true)
-        .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let bridge_pid = bridge.id().unwrap();
+    let mut bench = BenchBridge::start(&env, "").await;
+    let (bridge_pid, matrix, http) = (bench.pid, bench.matrix.clone(), bench.matrix.http.clone());
     eprintln!("bridge pid {bridge_pid}");
     let synapse_pid: u32 = env.get("SYNAPSE_PID").parse().unwrap();
-    for _ in 0..200 {
-        if http
-            .get("http://127.0.0.1:29317/health")
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let mut bob = XmppContact::start(&env, "bob", ContactLogin::Messenger).await;
     let alice = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
     let ghost = format!("@msn_bob:{}", env.get("MATRIX_SERVER_NAME"));
-
-    // Open the portal and join it.
-    bob.send_chat(&alice, Some("open"), None).await;
-    let room = loop {
-        let sync = matrix
-            .call(
-                reqwest::Method::GET,
-                "/_matrix/client/v3/sync?timeout=2000",
-                None,
-            )
-            .await;
-        if let Some(invites) = sync["rooms"]["invite"].as_object()
-            && let Some(room) = invites.keys().next()
-        {
-            matrix
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/_matrix/client/v3/join/{}", enc(room)),
-                    Some(json!({})),
-                )
-                .await;
-            break room.clone();
-        }
-    };
+    let room = bench.open_portal(&env, &mut bob).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let first = matrix
         .call(
@@ -376,5 +269,5 @@ async fn main() {
         }
     }
     bob.quit().await;
-    let _ = bridge.kill().await;
+    let _ = bench.process.kill().await;
 }

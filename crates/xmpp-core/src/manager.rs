@@ -164,6 +164,7 @@ impl ManagerConfig {
 
 struct Entry {
     handle: Option<SessionHandle>,
+    profile: ServerProfile,
     presence: Presence,
     stop: watch::Sender<bool>,
     generation: u64,
@@ -236,6 +237,7 @@ impl SessionManager {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = account.account.clone();
+        let profile = account.profile;
         let mut accounts = self.accounts();
         if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return;
@@ -259,6 +261,7 @@ impl SessionManager {
             key,
             Entry {
                 handle: None,
+                profile,
                 presence,
                 stop: stop_tx,
                 generation,
@@ -321,6 +324,11 @@ impl SessionManager {
     /// The live session of an account, if connected.
     pub fn session(&self, account: &str) -> Option<SessionHandle> {
         self.accounts().get(account).and_then(|e| e.handle.clone())
+    }
+
+    /// The server profile an account was started with (connected or not).
+    pub fn profile(&self, account: &str) -> Option<ServerProfile> {
+        self.accounts().get(account).map(|e| e.profile)
     }
 
     fn clear_handle(&self, account: &str, generation: u64) {

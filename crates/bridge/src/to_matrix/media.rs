@@ -165,12 +165,8 @@ impl Spool {
     ) -> Result<Self, FileError> {
         use tokio::io::AsyncWriteExt;
         let path = std::env::temp_dir().join(format!(
-            "messenger-bridge-{}.part",
-            crate::context::short_hash(&format!(
-                "{:?}{:?}",
-                std::time::SystemTime::now(),
-                std::thread::current().id()
-            ))
+            "messenger-bridge-{:016x}.part",
+            rand::random::<u64>()
         ));
         let mut spool = Self { path, len: 0 };
         let mut file = tokio::fs::File::create(&spool.path)

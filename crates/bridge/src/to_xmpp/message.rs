@@ -202,6 +202,11 @@ pub(super) async fn send_to_contact(
 /// (XEP-0461, 0308, 0424, 0444): a standard server does; the Messenger profile gets the text
 /// fallbacks.
 pub(super) async fn speaks_relations(bridge: &Bridge, user: &str) -> bool {
+    // From the running session's account, not a database query per message; a user without
+    // one is read from the store (its messages wait for the session anyway).
+    if let Some(profile) = bridge.inner.xmpp.profile(user) {
+        return profile == xmpp_core::ServerProfile::Standard;
+    }
     matches!(
         bridge.inner.store.linked_user(user).await,
         Ok(Some(u)) if u.server_profile == store::ServerProfile::Standard
