@@ -118,10 +118,11 @@ async def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) ->
 
 
 async def disconnect(*clients: slixmpp.ClientXMPP) -> None:
-    for c in clients:
-        c.disconnect()
-    for c in clients:
+    # Wait on the futures disconnect() returns: `client.disconnected` is replaced by a fresh
+    # future once a disconnect completes, so awaiting it after another client's wait timed out.
+    ends = [c.disconnect() for c in clients]
+    for end in ends:
         try:
-            await asyncio.wait_for(c.disconnected, 3)
+            await asyncio.wait_for(end, 3)
         except Exception:  # noqa: BLE001 - best effort on teardown
             pass
