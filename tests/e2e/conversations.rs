@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ruma::{OwnedRoomId, UserId};
 use serde_json::json;
-use testkit::{ContactLogin, StackEnv, XmppContact};
+use testkit::{ContactLogin, CutRelay, StackEnv, XmppContact};
 
 use crate::harness::*;
 
@@ -30,8 +30,26 @@ pub(crate) async fn standard_portal_with_bob(
     bob: &mut XmppContact,
     double_puppet: bool,
 ) -> (TestBridge, OwnedRoomId) {
+    standard_portal_through(env, user, bob, double_puppet, None).await
+}
+
+/// Like [`standard_portal_with_bob`], with the bridge's XMPP connection going to `xmpp_port`
+/// (a relay in front of the server) when given.
+pub(crate) async fn standard_portal_through(
+    env: &StackEnv,
+    user: &MatrixUser,
+    bob: &mut XmppContact,
+    double_puppet: bool,
+    xmpp_port: Option<u16>,
+) -> (TestBridge, OwnedRoomId) {
     let mut bridge = TestBridge::new(env, Backend::Sqlite).await;
     bridge.use_standard_host();
+    if let Some(port) = xmpp_port {
+        bridge.edit_config(
+            &format!("port: {}\n", env.xmpp_port()),
+            &format!("port: {port}\n"),
+        );
+    }
     if double_puppet {
         bridge.use_double_puppeting();
     }
@@ -276,6 +294,189 @@ async fn kill_9_three_times_in_an_unpaced_burst_loses_and_duplicates_nothing() {
         "every message once, in order\n{}",
         bridge.log_tail()
     );
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+/// A network cut of 10 s between the bridge and its XMPP server, in the middle of unpaced
+/// traffic both ways: the stream resumes (XEP-0198) without a new login, and nothing is lost or
+/// repeated — neither what was in flight when the link broke nor what both sides sent during
+/// the cut.
+#[tokio::test]
+async fn a_ten_second_network_cut_resumes_the_stream_and_loses_nothing() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "netcut").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let mut relay = CutRelay::start(env.get("XMPP_HOST"), env.xmpp_port()).await;
+    let (mut bridge, room) =
+        standard_portal_through(&env, &user, &mut bob, false, Some(relay.port())).await;
+    let logins = metric(&bridge, "messenger_bridge_xmpp_logins_total").await;
+    let tag = unique("cut");
+    let to_alice = alice(&env);
+    let both = |i: usize| (format!("{tag} m {i:02}"), format!("{tag} x {i:02}"));
+    // Before, during and after the cut; nothing waits for anything.
+    for i in 0..30 {
+        if i == 10 {
+            relay.cut();
+        }
+        if i == 20 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            relay.restore().await;
+        }
+        let (m, x) = both(i);
+        user.send_text(&room, &m).await;
+        bob.send_chat(&to_alice, Some(&x), None).await;
+    }
+    let got = bob
+        .bodies_starting_with(
+            &format!("{tag} m "),
+            30,
+            Duration::from_secs(90),
+            Duration::from_secs(3),
+        )
+        .await;
+    let want: Vec<String> = (0..30).map(|i| both(i).0).collect();
+    assert_eq!(
+        got,
+        want,
+        "the contact gets every message from Matrix once, in order\n{}",
+        bridge.log_tail()
+    );
+    let ghost = ghost_of(&env, "bob");
+    let want: Vec<String> = (0..30).map(|i| both(i).1).collect();
+    let prefix = format!("{tag} x ");
+    user.wait_messages(
+        &room,
+        Duration::from_secs(60),
+        "the contact's messages",
+        |m| {
+            bodies_from(m, ghost.as_str())
+                .iter()
+                .filter(|b| b.starts_with(&prefix))
+                .count()
+                >= want.len()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = user.messages(&room).await;
+    let got: Vec<&str> = bodies_from(&msgs, ghost.as_str())
+        .into_iter()
+        .filter(|b| b.starts_with(&prefix))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "the portal shows every message of the contact once, in order\n{}",
+        bridge.log_tail()
+    );
+    assert_eq!(
+        metric(&bridge, "messenger_bridge_xmpp_logins_total").await,
+        logins,
+        "the stream was resumed, not logged in again\n{}",
+        bridge.log_tail()
+    );
+    assert!(metric(&bridge, "messenger_bridge_xmpp_resumptions_total").await >= 1);
+    bob.quit().await;
+    bridge.stop().await;
+}
+
+/// A portal opened by a contact's message starts with the conversation's last messages from
+/// the archive (`bridge.backfill_messages`, here 5): both sides' (what the user wrote on the
+/// phone too), oldest first, each once, with its original time; the opening message itself
+/// last, not twice.
+#[tokio::test]
+async fn a_new_portal_opens_with_the_last_messages_of_the_conversation_from_the_archive() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "backfill").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let mut phone = XmppContact::start(&env, "alice", ContactLogin::Standard).await;
+    // Six messages before the bridge was ever linked: bob and the phone take turns.
+    let tag = unique("earlier ");
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let body = format!("{tag}{i}");
+        sent.push((body.clone(), now_ms()));
+        if i % 2 == 0 {
+            bob.send_chat(&alice(&env), Some(&body), None).await;
+            phone
+                .wait_for(T, |e| e["event"] == "message" && e["body"] == body.as_str())
+                .await;
+        } else {
+            phone.send_chat(&bob_jid(&env), Some(&body), None).await;
+            bob.wait_for(T, |e| e["event"] == "message" && e["body"] == body.as_str())
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
+    let mut bridge = TestBridge::new(&env, Backend::Sqlite).await;
+    bridge.use_standard_host();
+    bridge.edit_config("bridge:\n", "bridge:\n  backfill_messages: 5\n");
+    bridge.link_with_password(&user.user_id, "alice").await;
+    bridge.start().await;
+    wait_logged_in(&bridge, 1).await;
+    let opening = unique("hello again ");
+    bob.send_chat(&alice(&env), Some(&opening), None).await;
+    let ghost = ghost_of(&env, "bob");
+    let room = user
+        .accept_invite_from(&ghost, T)
+        .await
+        .room_id()
+        .to_owned();
+    let msgs = user
+        .wait_messages(&room, T, "the opening message", |m| {
+            bodies_from(m, ghost.as_str()).contains(&opening.as_str())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = {
+        let later = user.messages(&room).await;
+        if later.len() >= msgs.len() {
+            later
+        } else {
+            msgs
+        }
+    };
+    let shown: Vec<&serde_json::Value> = msgs
+        .iter()
+        .filter(|m| {
+            m["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with(&tag) || b == opening)
+        })
+        .collect();
+    let bodies: Vec<&str> = shown
+        .iter()
+        .map(|m| m["content"]["body"].as_str().unwrap())
+        .collect();
+    // The last five of the conversation: the opening message and the four before it.
+    let mut want: Vec<&str> = sent[2..].iter().map(|(b, _)| b.as_str()).collect();
+    want.push(&opening);
+    assert_eq!(
+        bodies,
+        want,
+        "the last five, oldest first, each once\n{}",
+        bridge.log_tail()
+    );
+    let me = ghost_of(&env, "alice");
+    for (event, (body, at)) in shown.iter().zip(&sent[2..]) {
+        let ts = event["origin_server_ts"].as_i64().unwrap();
+        assert!(
+            (ts - at).abs() <= 3_000,
+            "{body} sent at {at}, shown at {ts}"
+        );
+        let from_phone = body.ends_with(['1', '3', '5']);
+        let sender = if from_phone {
+            me.as_str()
+        } else {
+            ghost.as_str()
+        };
+        assert_eq!(event["sender"], sender, "{body}");
+    }
+    phone.quit().await;
     bob.quit().await;
     bridge.stop().await;
 }

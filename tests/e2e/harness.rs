@@ -617,6 +617,47 @@ pub(crate) async fn restart_stack_service(service: &str) {
 }
 
 /// The bodies of the messages sent by `sender`.
+/// Waits until the bridge's XMPP sessions have logged in `n` times in all (what a contact sends
+/// before that only reaches the user's other clients).
+pub(crate) async fn wait_logged_in(bridge: &TestBridge, n: u64) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let text = bridge.metrics().await;
+        let logins: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("messenger_bridge_xmpp_logins_total ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        if logins >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge did not log in to XMPP within {T:?}\n{}",
+            bridge.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The value of one metric line (`name{labels}`) of the bridge's `/metrics`.
+pub(crate) async fn metric(bridge: &TestBridge, series: &str) -> u64 {
+    let text = bridge.metrics().await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{series} not in the metrics:\n{text}"))
+}
+
 pub(crate) fn bodies_from<'a>(msgs: &'a [Value], sender: &str) -> Vec<&'a str> {
     msgs.iter()
         .filter(|m| m["sender"] == sender)

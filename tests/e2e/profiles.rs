@@ -292,14 +292,6 @@ async fn vcard_fetches(bridge: &TestBridge) -> u64 {
     .await
 }
 
-/// The value of one metric line (`name{labels}`) of the bridge's `/metrics`.
-async fn metric(bridge: &TestBridge, series: &str) -> u64 {
-    let text = bridge.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in the metrics:\n{text}"))
-}
-
 /// Calls `check` every 300 ms until it gives a value, for at most `limit`.
 async fn poll<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
 where

@@ -113,7 +113,8 @@ pub struct XmppConfig {
     /// Disable certificate verification (test servers only; logged loudly).
     #[serde(default)]
     pub insecure_skip_verify: bool,
-    /// The resource to ask for.
+    /// The resource to ask for. Standard servers: `messenger-bridge` when unset, so that a new
+    /// login replaces the bridge's own earlier session; the Messenger service assigned one.
     pub resource: Option<String>,
     /// Keepalive interval in seconds (≤ 60 for Messenger).
     #[serde(default = "default_keepalive")]
@@ -156,6 +157,10 @@ pub struct BehaviourConfig {
     /// notice, so that no one fills the bridge's database while the XMPP side is down.
     #[serde(default = "default_max_queued")]
     pub max_queued_per_portal: u64,
+    /// How many of the last messages of a conversation a new portal shows from the account's
+    /// archive (XEP-0313, servers that keep one); 0: none.
+    #[serde(default = "default_backfill")]
+    pub backfill_messages: u32,
     /// The largest file bridged either way, in bytes; larger ones stay links.
     #[serde(default = "default_max_media")]
     pub max_media_bytes: u64,
@@ -180,6 +185,7 @@ impl Default for BehaviourConfig {
             retry_for_secs: default_retry_for(),
             retry_max_delay_secs: default_retry_max_delay(),
             max_queued_per_portal: default_max_queued(),
+            backfill_messages: default_backfill(),
             max_media_bytes: default_max_media(),
             media_link_lifetime_secs: default_media_link_lifetime(),
             media_from_private_addresses: false,
@@ -193,6 +199,10 @@ fn default_max_media() -> u64 {
 
 fn default_media_link_lifetime() -> u64 {
     7 * 24 * 3600
+}
+
+fn default_backfill() -> u32 {
+    20
 }
 
 fn default_max_queued() -> u64 {

@@ -51,6 +51,11 @@ pub(crate) struct Inner {
     pub(crate) own_jids: Mutex<HashMap<String, xmpp_core::Jid>>,
     /// Accounts whose catch-up in the current session read the archive to the end.
     pub(crate) archive_caught_up: Mutex<HashSet<String>>,
+    /// Accounts whose server keeps an archive (XEP-0313), as discovery found after the login.
+    pub(crate) archive_accounts: Mutex<HashSet<String>>,
+    /// `account|contact` pairs whose new portal's history was read from the archive in this
+    /// process (once is enough; a second time would only be dropped as duplicates).
+    pub(crate) backfilled: Mutex<HashSet<String>>,
     /// `room|ghost` of the user's own ghosts known to be in a portal.
     pub(crate) own_ghost_joined: Mutex<HashSet<String>>,
     /// The task handling XMPP events; it ends after the session manager's shutdown.
@@ -181,6 +186,8 @@ impl Bridge {
                 own_ghost_joined: Mutex::default(),
                 own_jids: Mutex::default(),
                 archive_caught_up: Mutex::default(),
+                archive_accounts: Mutex::default(),
+                backfilled: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),

@@ -38,6 +38,8 @@ struct State {
     sessions: BTreeMap<String, &'static str>,
     /// XMPP logins that reached the connected state.
     logins: u64,
+    /// Broken XMPP streams resumed without a new login (XEP-0198).
+    resumptions: u64,
     /// Contact vCard fetches, by outcome.
     vcard_fetches: BTreeMap<&'static str, u64>,
     /// Catch-ups after homeserver outages, and the events they found never sent.
@@ -86,9 +88,16 @@ impl Metrics {
     /// The connection state of a user's session; `connected` also counts a login.
     pub fn session_state(&self, user: &str, state: &'static str) {
         self.with(|s| {
-            if state == "connected" {
-                s.logins += 1;
+            match state {
+                "connected" => s.logins += 1,
+                "resumed" => s.resumptions += 1,
+                _ => {}
             }
+            let state = if state == "resumed" {
+                "connected"
+            } else {
+                state
+            };
             s.sessions.insert(user.to_owned(), state);
         });
     }
@@ -137,6 +146,8 @@ impl Metrics {
             }
             out.push_str("# HELP messenger_bridge_xmpp_logins_total XMPP sessions that logged in (first logins and reconnects).\n# TYPE messenger_bridge_xmpp_logins_total counter\n");
             let _ = writeln!(out, "messenger_bridge_xmpp_logins_total {}", s.logins);
+            out.push_str("# HELP messenger_bridge_xmpp_resumptions_total Broken XMPP streams resumed without a new login (XEP-0198 stream management).\n# TYPE messenger_bridge_xmpp_resumptions_total counter\n");
+            let _ = writeln!(out, "messenger_bridge_xmpp_resumptions_total {}", s.resumptions);
             out.push_str("# HELP messenger_bridge_vcard_fetches_total Contact vCards fetched for ghost profiles, by result.\n# TYPE messenger_bridge_vcard_fetches_total counter\n");
             for r in ["ok", "too_large", "timeout", "error"] {
                 let _ = writeln!(out, "messenger_bridge_vcard_fetches_total{{result=\"{r}\"}} {}", s.vcard_fetches.get(r).copied().unwrap_or(0));

@@ -11,6 +11,9 @@ use xmpp_core::{Jid, ServerProfile};
 
 use crate::context::{Bridge, StartError};
 
+/// The resource the bridge asks for on standard servers when `xmpp.resource` is not set.
+pub(crate) const DEFAULT_RESOURCE: &str = "messenger-bridge";
+
 impl Bridge {
     /// Starts the background loops and every linked user's XMPP session. `events` is the
     /// session manager's event receiver.
@@ -102,7 +105,12 @@ impl Bridge {
             },
             connection,
             jid,
-            resource: x.resource.clone(),
+            // On a standard server a fixed resource by default: a new login then replaces the
+            // bridge's own previous session (one a crash left for the server to keep, XEP-0198)
+            // instead of standing beside it and splitting the conversation with it.
+            resource: x.resource.clone().or_else(|| {
+                (profile == store::ServerProfile::Standard).then(|| DEFAULT_RESOURCE.to_owned())
+            }),
             mechanisms: None,
         }
     }
@@ -146,6 +154,7 @@ impl Bridge {
     pub(crate) async fn on_state(&self, account: &str, state: ConnectionState) {
         let label = match &state {
             ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected { resumed: true, .. } => "resumed",
             ConnectionState::Connected { .. } => "connected",
             ConnectionState::TransientDisconnect { .. } => "transient_disconnect",
             ConnectionState::BadCredentials { .. } => "bad_credentials",
@@ -153,6 +162,11 @@ impl Bridge {
             ConnectionState::LoggedOut => "logged_out",
         };
         self.inner.metrics.session_state(account, label);
+        let label = if label == "resumed" {
+            "connected"
+        } else {
+            label
+        };
         if let Err(e) = self.inner.store.set_connection_state(account, label).await {
             // Only the `status` answer and the start-up skip of refused logins read it.
             tracing::warn!(user = %account, error = %e, "could not save the connection state");
@@ -179,7 +193,7 @@ impl Bridge {
             (prev, was_refused)
         };
         match state {
-            ConnectionState::Connected { jid } => {
+            ConnectionState::Connected { jid, .. } => {
                 let rooms = self
                     .inner
                     .waiting_for_session
@@ -275,6 +289,8 @@ pub async fn check_xmpp(
         // No mechanism at all: the check stops at the server's login offer and never sends a
         // login attempt (a failed login could count against the bridge's address).
         mechanisms: Some(Vec::new()),
+        stream_management: false,
+        resume: None,
     };
     let place = format!("{} at {host}:{}", x.domain, x.port);
     match establish(&connection, tls, &probe).await {

@@ -216,6 +216,7 @@ const NUMBER_RANGES: &[(&str, u64, u64)] = &[
     ("/bridge/retry_for_secs", 60, 30 * 86_400),
     ("/bridge/retry_max_delay_secs", 1, 3_600),
     ("/bridge/max_queued_per_portal", 1, 1_000_000),
+    ("/bridge/backfill_messages", 0, 1000),
     ("/xmpp/keepalive_secs", 5, 60),
     ("/xmpp/max_stanza_bytes", 16_384, 16 * 1024 * 1024),
 ];

@@ -2,11 +2,16 @@
 //!
 //! - [`StackEnv`]: the values `deploy/local/stack up` wrote to `$STACK_DIR/env`;
 //! - [`oauth_tokens`]: real tokens from the stack's OAuth provider (authorization-code flow);
-//! - [`XmppContact`]: a real XMPP client (slixmpp) playing a contact, driven over pipes.
+//! - [`XmppContact`]: a real XMPP client (slixmpp) playing a contact, driven over pipes;
+//! - [`CutRelay`]: a TCP relay that a test cuts and restores, as a network cut.
 //!
 //! Tests that use it fail with a clear message when the stack is not up: `tests/run` starts it.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod cut;
+
+pub use cut::CutRelay;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -512,7 +512,7 @@ async fn negotiate(
                     return Ok(Established {
                         stream: *stream,
                         parser,
-                        negotiated,
+                        negotiated: *negotiated,
                         peer: (host.to_owned(), port),
                     });
                 }

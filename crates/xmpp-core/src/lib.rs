@@ -6,6 +6,7 @@
 //! - [`sasl`]: the SASL mechanisms, as byte-exact state machines;
 //! - [`negotiation`]: STARTTLS → SASL → bind as a sans-I/O state machine;
 //! - [`connection`] and [`session`]: the thin I/O layer (TCP, TLS, reader and writer tasks);
+//! - [`stream_management`]: XEP-0198 counters and what a broken stream leaves to resume;
 //! - [`manager`]: many sessions, paced connects, reconnects with backoff and jitter.
 
 pub mod connection;
@@ -17,6 +18,7 @@ pub mod profile;
 pub mod sasl;
 pub mod session;
 pub mod stanza;
+pub mod stream_management;
 pub mod xml;
 
 pub use jid::Jid;

@@ -27,6 +27,7 @@ use crate::stanza::forward::{archive_page_end, archive_query, enable_carbons};
 use crate::stanza::{
     ArchiveCursor, Iq, Message, Presence, RosterItem, ServerFeatures, VCard, disco, vcard,
 };
+use crate::stream_management::{Receipt, Resumable};
 use crate::xml::Element;
 
 /// A boxed future, for the object-safe [`CredentialSource`].
@@ -76,6 +77,10 @@ pub enum ConnectionState {
     Connected {
         /// The JID the server bound.
         jid: Jid,
+        /// The broken stream was resumed (XEP-0198): no new login, the server kept the
+        /// session's presence, carbons and subscriptions, and sends again what it had not seen
+        /// acknowledged.
+        resumed: bool,
     },
     /// Lost or failed to connect; retrying by itself.
     TransientDisconnect {
@@ -106,6 +111,9 @@ pub struct AccountEvent {
     pub account: String,
     /// What happened.
     pub event: ManagerEvent,
+    /// Drop it once the event is handled (recorded): with stream management, the server learns
+    /// only then that the stanza behind it arrived (see [`crate::stream_management`]).
+    pub receipt: Receipt,
 }
 
 /// The events the manager publishes.
@@ -378,6 +386,17 @@ impl SessionManager {
         self.connected(account)?.roster().await
     }
 
+    /// The last `max` messages exchanged with `with` in the account's archive (XEP-0313), oldest
+    /// first, with their archive ids (see [`SessionHandle::archive_with`]).
+    pub async fn archive_with(
+        &self,
+        account: &str,
+        with: &Jid,
+        max: u32,
+    ) -> Result<Vec<(String, Message)>, IqError> {
+        self.connected(account)?.archive_with(with, max).await
+    }
+
     /// Fetches a contact's vCard (XEP-0054). No vCard is an empty one.
     pub async fn vcard(&self, account: &str, contact: &Jid) -> Result<VCard, IqError> {
         let handle = self.connected(account)?;
@@ -404,6 +423,7 @@ impl SessionManager {
             .send(AccountEvent {
                 account: account.to_owned(),
                 event,
+                receipt: Receipt::none(),
             })
             .await;
     }
@@ -428,6 +448,8 @@ impl SessionManager {
         let mut attempt: u32 = 0;
         let mut fresh: Option<Credentials> = None;
         let mut refreshed_once = false;
+        // What the last broken stream left to resume (XEP-0198), kept across failed attempts.
+        let mut resumable: Option<Resumable> = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -462,6 +484,9 @@ impl SessionManager {
                 },
                 resource: account.resource.clone(),
                 mechanisms: account.mechanisms.clone(),
+                // The retired Messenger service offered none of it: its profile stays as it was.
+                stream_management: account.profile == ServerProfile::Standard,
+                resume: resumable.as_mut().map(Resumable::request),
             };
             let attempt_result = {
                 let connect = Box::pin(async {
@@ -486,17 +511,33 @@ impl SessionManager {
                     let established_at = tokio::time::Instant::now();
                     refreshed_once = false;
                     let jid = established.negotiated.jid.clone();
-                    tracing::info!(account = key, %jid, peer = %format!("{}:{}", established.peer.0, established.peer.1), "XMPP session established");
+                    let resumed = established.negotiated.resumed;
+                    let peer = format!("{}:{}", established.peer.0, established.peer.1);
+                    if resumed {
+                        tracing::info!(account = key, %jid, %peer, "XMPP stream resumed");
+                    } else {
+                        if resumable.is_some() {
+                            tracing::info!(
+                                account = key,
+                                "the server could not resume the stream; a new session"
+                            );
+                        }
+                        tracing::info!(account = key, %jid, %peer, stream_management = established.negotiated.stream_management.is_some(), "XMPP session established");
+                    }
                     // The session sends its events straight into the manager's channel, already
                     // tagged with the account: no per-session channel to pay for while idle.
-                    self.emit(key, ManagerEvent::State(ConnectionState::Connected { jid }))
-                        .await;
+                    self.emit(
+                        key,
+                        ManagerEvent::State(ConnectionState::Connected { jid, resumed }),
+                    )
+                    .await;
                     let Some(events) = self.events() else { break };
                     let (handle, mut join) = session::start(
                         established,
                         self.inner.config.timers,
                         events,
                         key.to_owned(),
+                        resumable.take(),
                     );
                     let presence = {
                         let mut accounts = self.accounts();
@@ -516,6 +557,11 @@ impl SessionManager {
                     // RFC 6121 §2.2: roster first, then initial presence, so that presence pushes
                     // arrive for contacts the bridge already knows.
                     let mut after_login = Box::pin(async {
+                        if resumed {
+                            // The server kept the session: roster, presence, carbons and the
+                            // archive position are as they were.
+                            return;
+                        }
                         match handle.roster().await {
                             Ok(items) => self.emit(key, ManagerEvent::Roster(items)).await,
                             Err(e) => {
@@ -548,7 +594,11 @@ impl SessionManager {
                     let end = loop {
                         tokio::select! {
                             () = &mut after_login, if !login_done => login_done = true,
-                            end = &mut join => break end.unwrap_or(SessionEnd::Io("session task failed".into())),
+                            ended = &mut join => {
+                                let (end, left) = ended.unwrap_or((SessionEnd::Io("session task failed".into()), None));
+                                resumable = left;
+                                break end;
+                            }
                             _ = stop.changed() => {
                                 handle.close().await;
                                 // The session closes within 12 s (10 s for the server's side

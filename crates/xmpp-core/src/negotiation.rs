@@ -1,5 +1,6 @@
 //! Stream negotiation (RFC 6120 §4–§7) as a sans-I/O state machine:
-//! header → features → STARTTLS → restart → SASL → restart → bind → (session) → done.
+//! header → features → STARTTLS → restart → SASL → restart → bind → (session) →
+//! (XEP-0198 enable) → done, or → resume → done for a broken stream the server kept.
 //!
 //! The connection layer feeds it [`StreamEvent`]s and carries out the [`Step`]s it returns:
 //! write bytes, start TLS, restart the parser. TLS is always required: no mechanism is ever used
@@ -10,6 +11,7 @@ use crate::ns;
 use crate::profile::ServerProfile;
 use crate::sasl::{AuthIdentity, Credentials, Mechanism, SaslError, SaslExchange};
 use crate::stanza::{Iq, IqType, StanzaError, StreamError};
+use crate::stream_management;
 use crate::xml::{self, Element, StreamEvent};
 
 /// What the connection layer must do next.
@@ -23,7 +25,7 @@ pub enum Step {
     /// SASL succeeded: restart the parser (keeping buffered bytes) before the next read.
     RestartParser,
     /// Negotiation is complete.
-    Done(Negotiated),
+    Done(Box<Negotiated>),
 }
 
 /// The outcome of a successful negotiation.
@@ -33,6 +35,32 @@ pub struct Negotiated {
     pub jid: Jid,
     /// The final stream's features (stream management, CSI, roster versioning…).
     pub features: Element,
+    /// XEP-0198 stream management on this stream, when the server offered it and it was asked.
+    pub stream_management: Option<SmEnabled>,
+    /// The previous stream was resumed: the server kept the session (presence, carbons,
+    /// subscriptions) and sends again what we had not acknowledged.
+    pub resumed: bool,
+    /// How many of our stanzas the server handled on the previous stream, when it said (on
+    /// resumption, and on a refused resumption by servers that tell).
+    pub previous_h: Option<u32>,
+}
+
+/// Stream management as the server enabled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmEnabled {
+    /// The stream's id, when the server allows resuming it.
+    pub id: Option<String>,
+}
+
+/// A broken stream to resume (XEP-0198 §5) instead of binding a new resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// The server's id for the stream.
+    pub previd: String,
+    /// How many of the server's stanzas we handled.
+    pub h: u32,
+    /// Our JID on that stream.
+    pub jid: Jid,
 }
 
 /// Why negotiation failed.
@@ -74,6 +102,11 @@ pub struct NegotiationConfig {
     /// Restricts the mechanisms further than the profile does (operator configuration, tests).
     /// Mechanisms the profile does not allow stay disallowed.
     pub mechanisms: Option<Vec<Mechanism>>,
+    /// Enable XEP-0198 stream management when the server offers it.
+    pub stream_management: bool,
+    /// Resume this stream rather than bind a new resource, when the server offers stream
+    /// management; a refused resumption falls back to binding.
+    pub resume: Option<ResumeRequest>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +117,8 @@ enum Phase {
     Sasl,
     Bind,
     Session,
+    Resume,
+    Enable,
     Done,
 }
 
@@ -100,6 +135,10 @@ pub struct Negotiation {
     sasl: Option<SaslExchange>,
     bound: Option<Jid>,
     features: Option<Element>,
+    /// The server offers stream management and the config asks for it.
+    sm_offered: bool,
+    sm: Option<SmEnabled>,
+    previous_h: Option<u32>,
 }
 
 impl Negotiation {
@@ -114,6 +153,9 @@ impl Negotiation {
             sasl: None,
             bound: None,
             features: None,
+            sm_offered: false,
+            sm: None,
+            previous_h: None,
         };
         (n, vec![Step::Send(header)])
     }
@@ -167,6 +209,8 @@ impl Negotiation {
             }
             Phase::Sasl => self.on_sasl(&el),
             Phase::Bind | Phase::Session => self.on_iq(&el),
+            Phase::Resume => self.on_resume(&el),
+            Phase::Enable => self.on_enable(&el),
             Phase::Done => Err(protocol("negotiation already finished")),
         }
     }
@@ -221,15 +265,77 @@ impl Negotiation {
         if features.child("bind", ns::BIND).is_none() {
             return Err(protocol("the server offers no resource binding"));
         }
+        self.sm_offered = self.config.stream_management && features.child("sm", ns::SM).is_some();
+        self.features = Some(features);
+        if self.sm_offered
+            && let Some(r) = &self.config.resume
+        {
+            self.phase = Phase::Resume;
+            return Ok(vec![Step::Send(
+                stream_management::resume(&r.previd, r.h).to_xml(),
+            )]);
+        }
+        Ok(self.bind())
+    }
+
+    fn bind(&mut self) -> Vec<Step> {
         let mut bind = Element::new("bind", ns::BIND);
         if let Some(r) = &self.config.resource {
             bind.push_child(Element::new("resource", ns::BIND).with_text(r.clone()));
         }
-        self.features = Some(features);
         self.phase = Phase::Bind;
-        Ok(vec![Step::Send(
+        vec![Step::Send(
             Iq::set(BIND_ID, None, bind).to_element().to_xml(),
-        )])
+        )]
+    }
+
+    /// The answer to `<resume/>`: the old stream goes on, or a new resource is bound.
+    fn on_resume(&mut self, el: &Element) -> Result<Vec<Step>, NegotiationError> {
+        if el.is("resumed", ns::SM) {
+            let (Some(request), Some(features)) =
+                (self.config.resume.clone(), self.features.take())
+            else {
+                return Err(protocol("<resumed/> without a resumption"));
+            };
+            self.phase = Phase::Done;
+            return Ok(vec![Step::Done(Box::new(Negotiated {
+                jid: request.jid,
+                features,
+                stream_management: Some(SmEnabled {
+                    id: Some(request.previd),
+                }),
+                resumed: true,
+                previous_h: stream_management::h_of(el),
+            }))]);
+        }
+        if el.is("failed", ns::SM) {
+            // Expired or unknown: a fresh session (what the old one had not acknowledged is
+            // the caller's to send again).
+            self.previous_h = stream_management::h_of(el);
+            return Ok(self.bind());
+        }
+        Err(protocol(&format!(
+            "<{}> while resuming the stream",
+            el.name()
+        )))
+    }
+
+    fn on_enable(&mut self, el: &Element) -> Result<Vec<Step>, NegotiationError> {
+        if el.is("enabled", ns::SM) {
+            let resumable = matches!(el.attr("resume"), Some("true" | "1"));
+            self.sm = Some(SmEnabled {
+                id: el
+                    .attr("id")
+                    .filter(|id| resumable && !id.is_empty())
+                    .map(str::to_owned),
+            });
+        } else if !el.is("failed", ns::SM) {
+            return Err(protocol(&format!(
+                "<{}> while enabling stream management",
+                el.name()
+            )));
+        }
+        Ok(self.finish())
     }
 
     fn on_sasl(&mut self, el: &Element) -> Result<Vec<Step>, NegotiationError> {
@@ -315,9 +421,19 @@ impl Negotiation {
     }
 
     fn finish(&mut self) -> Vec<Step> {
+        if self.sm_offered && self.phase != Phase::Enable {
+            self.phase = Phase::Enable;
+            return vec![Step::Send(stream_management::enable().to_xml())];
+        }
         self.phase = Phase::Done;
         match (self.bound.take(), self.features.take()) {
-            (Some(jid), Some(features)) => vec![Step::Done(Negotiated { jid, features })],
+            (Some(jid), Some(features)) => vec![Step::Done(Box::new(Negotiated {
+                jid,
+                features,
+                stream_management: self.sm.take(),
+                resumed: false,
+                previous_h: self.previous_h,
+            }))],
             _ => Vec::new(),
         }
     }
@@ -355,6 +471,8 @@ mod tests {
                 },
                 resource: Some("bridge".into()),
                 mechanisms: None,
+                stream_management: true,
+                resume: None,
             });
             let mut s = Self {
                 neg,
@@ -376,7 +494,7 @@ mod tests {
                         self.apply(more);
                     }
                     Step::RestartParser => self.parser.restart(),
-                    Step::Done(n) => done = Some(n),
+                    Step::Done(n) => done = Some(*n),
                 }
             }
             done
@@ -467,6 +585,117 @@ mod tests {
             </stream:features>")).unwrap();
         let done = s.server("<iq type='result' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r</jid></bind></iq>").unwrap();
         assert!(done.is_some());
+    }
+
+    /// Logs in with PLAIN on a standard server that offers stream management.
+    fn to_bound_features(s: &mut Script) {
+        to_tls(s);
+        s.server(&format!(
+            "{HEADER}<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+            <mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+        ))
+        .unwrap();
+        s.server(&format!("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>{HEADER}<stream:features>\
+            <bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><sm xmlns='urn:xmpp:sm:3'/></stream:features>")).unwrap();
+    }
+
+    #[test]
+    fn stream_management_is_enabled_after_binding_when_offered() {
+        let mut s = Script::new(ServerProfile::Standard, Credentials::Password("p".into()));
+        to_bound_features(&mut s);
+        assert!(s.last_sent().contains("id='bind-1'"));
+        let done = s.server("<iq type='result' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r</jid></bind></iq>").unwrap();
+        assert!(done.is_none());
+        assert_eq!(
+            s.last_sent(),
+            "<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
+        );
+        let done = s
+            .server("<enabled xmlns='urn:xmpp:sm:3' id='s1' resume='true' max='300'/>")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            done.stream_management,
+            Some(SmEnabled {
+                id: Some("s1".into())
+            })
+        );
+        assert!(!done.resumed);
+
+        // A server that enables it without resumption, or refuses it.
+        let mut s = Script::new(ServerProfile::Standard, Credentials::Password("p".into()));
+        to_bound_features(&mut s);
+        s.server("<iq type='result' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r</jid></bind></iq>").unwrap();
+        let done = s
+            .server("<enabled xmlns='urn:xmpp:sm:3' id='s1'/>")
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.stream_management, Some(SmEnabled { id: None }));
+        let mut s = Script::new(ServerProfile::Standard, Credentials::Password("p".into()));
+        to_bound_features(&mut s);
+        s.server("<iq type='result' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r</jid></bind></iq>").unwrap();
+        let done = s
+            .server("<failed xmlns='urn:xmpp:sm:3'/>")
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.stream_management, None);
+        assert_eq!(done.jid.to_string(), "alice@x/r");
+    }
+
+    #[test]
+    fn a_kept_stream_is_resumed_and_a_refused_resumption_binds_afresh() {
+        let request = ResumeRequest {
+            previd: "s1".into(),
+            h: 12,
+            jid: Jid::parse("alice@x/r").unwrap(),
+        };
+        let mut s = Script::new(ServerProfile::Standard, Credentials::Password("p".into()));
+        s.neg.config.resume = Some(request.clone());
+        to_bound_features(&mut s);
+        assert_eq!(
+            s.last_sent(),
+            "<resume xmlns='urn:xmpp:sm:3' previd='s1' h='12'/>"
+        );
+        let done = s
+            .server("<resumed xmlns='urn:xmpp:sm:3' previd='s1' h='5'/>")
+            .unwrap()
+            .unwrap();
+        assert!(done.resumed);
+        assert_eq!(done.previous_h, Some(5));
+        assert_eq!(done.jid, request.jid);
+
+        let mut s = Script::new(ServerProfile::Standard, Credentials::Password("p".into()));
+        s.neg.config.resume = Some(request);
+        to_bound_features(&mut s);
+        s.server("<failed xmlns='urn:xmpp:sm:3' h='4'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>").unwrap();
+        assert!(
+            s.last_sent().contains("id='bind-1'"),
+            "a refused resumption binds a new resource"
+        );
+        s.server("<iq type='result' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r2</jid></bind></iq>").unwrap();
+        let done = s
+            .server("<enabled xmlns='urn:xmpp:sm:3' id='s2' resume='1'/>")
+            .unwrap()
+            .unwrap();
+        assert!(!done.resumed);
+        assert_eq!(done.previous_h, Some(4));
+        assert_eq!(
+            done.stream_management,
+            Some(SmEnabled {
+                id: Some("s2".into())
+            })
+        );
+    }
+
+    #[test]
+    fn stream_management_is_not_used_unless_asked() {
+        // The Messenger profile never asks: the retired service offered none of it.
+        let mut s = Script::new(ServerProfile::Standard, Credentials::Password("p".into()));
+        s.neg.config.stream_management = false;
+        to_bound_features(&mut s);
+        let done = s.server("<iq type='result' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r</jid></bind></iq>").unwrap().unwrap();
+        assert_eq!(done.stream_management, None);
+        assert!(!s.sent.iter().any(|x| x.contains("urn:xmpp:sm:3")));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const VCARD: &str = "vcard-temp";
 pub const PING: &str = "urn:xmpp:ping";
 /// XEP-0172 user nickname.
 pub const NICK: &str = "http://jabber.org/protocol/nick";
+/// XEP-0198 stream management.
+pub const SM: &str = "urn:xmpp:sm:3";
 /// XEP-0030 service discovery (information).
 pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// XEP-0280 message carbons.

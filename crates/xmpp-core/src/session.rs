@@ -23,6 +23,7 @@ use crate::stanza::{
     CarbonKind, Forwarded, Iq, IqType, Message, Presence, PresenceType, RosterItem, StanzaError,
     StreamError, roster,
 };
+use crate::stream_management::{self as sm, Inbound, Outbound, Receipt, Resumable, Unacked};
 use crate::xml::{self, Element, SkippedStanza, StreamEvent, StreamParser, XmlError};
 
 type Tls = TlsStream<TcpStream>;
@@ -115,6 +116,9 @@ pub enum SessionEnd {
     /// The server stopped answering pings.
     #[error("the server did not answer a keepalive ping within {0:?}")]
     KeepaliveTimeout(Duration),
+    /// The server broke the stream management protocol (XEP-0198).
+    #[error("stream management: {0}")]
+    StreamManagement(String),
 }
 
 /// Why an IQ got no usable answer.
@@ -142,8 +146,14 @@ pub(crate) enum Command {
         iq: Box<Iq>,
         reply: oneshot::Sender<Result<Iq, IqError>>,
     },
+    /// Archive results for this query id are kept for [`Command::TakeCollected`], not emitted.
+    Collect(String),
+    TakeCollected(String, oneshot::Sender<Vec<(String, Message)>>),
     Close,
 }
+
+/// The most archive results kept for one collected query.
+const MAX_COLLECTED: usize = 1000;
 
 /// A handle to a running session; cheap to clone.
 #[derive(Debug, Clone)]
@@ -166,9 +176,11 @@ impl SessionHandle {
             .map_err(|_| IqError::NotConnected)
     }
 
-    /// Sends a stanza and returns once it is written and flushed to the server's connection
-    /// (not merely queued): a caller that records "delivered" after this cannot lose it to
-    /// its own crash. `NotConnected` if the session ended before the write.
+    /// Sends a stanza and returns once the server has it: acknowledged by the server where
+    /// stream management (XEP-0198) runs, written and flushed to the connection otherwise. A
+    /// caller that records "delivered" after this cannot lose it to its own crash, nor (with
+    /// stream management) to a broken connection: a stanza the server had not acknowledged is
+    /// sent again on the next stream. `NotConnected` if the session ended before that.
     pub async fn send_confirmed(&self, stanza: &Element) -> Result<(), IqError> {
         let (written, rx) = oneshot::channel();
         self.commands
@@ -209,6 +221,30 @@ impl SessionHandle {
         })
     }
 
+    /// The last `max` messages exchanged with `with` in the account's archive (XEP-0313), oldest
+    /// first, with their archive ids: returned here, not sent as events.
+    pub async fn archive_with(
+        &self,
+        with: &Jid,
+        max: u32,
+    ) -> Result<Vec<(String, Message)>, IqError> {
+        let query_id = next_id();
+        self.commands
+            .send(Command::Collect(query_id.clone()))
+            .await
+            .map_err(|_| IqError::NotConnected)?;
+        let query = crate::stanza::forward::archive_last_with(&query_id, with, max);
+        let answer = self.iq(Iq::set("", None, query)).await;
+        // The results came before the answer, on the same stream: all collected by now.
+        let (tx, rx) = oneshot::channel();
+        let _ = self
+            .commands
+            .send(Command::TakeCollected(query_id, tx))
+            .await;
+        let collected = rx.await.unwrap_or_default();
+        answer.map(|_| collected)
+    }
+
     /// Asks the session to close the stream cleanly.
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Close).await;
@@ -230,14 +266,20 @@ enum Incoming {
     Io(String),
 }
 
+/// How a session ended, and what the next connection may resume (XEP-0198).
+pub(crate) type Ended = (SessionEnd, Option<Resumable>);
+
 /// Starts the tasks of an established session. `events` receives what the server sends; the
-/// returned future resolves when the session ends, with the reason.
+/// returned future resolves when the session ends, with the reason. `previous` is what the last
+/// stream of the account left: resumed, its unacknowledged stanzas are sent again; not resumed,
+/// its unacknowledged messages are (IQs and presences belong to the old session).
 pub(crate) fn start(
     established: Established,
     timers: SessionTimers,
     events: mpsc::Sender<AccountEvent>,
     account: String,
-) -> (SessionHandle, tokio::task::JoinHandle<SessionEnd>) {
+    previous: Option<Resumable>,
+) -> (SessionHandle, tokio::task::JoinHandle<Ended>) {
     let Established {
         stream,
         parser,
@@ -245,6 +287,13 @@ pub(crate) fn start(
         ..
     } = established;
     let jid = negotiated.jid;
+    let (sm, resend) = carry_over(
+        &account,
+        negotiated.stream_management,
+        negotiated.resumed,
+        negotiated.previous_h,
+        previous,
+    );
     let (read, write) = tokio::io::split(stream);
     // Boxed: the channel's slot blocks are allocated per session, idle or not.
     let (in_tx, in_rx) = mpsc::channel::<Box<Incoming>>(64);
@@ -259,8 +308,10 @@ pub(crate) fn start(
         pending: HashMap::new(),
         ping_outstanding: None,
         closing: false,
+        sm,
+        collecting: HashMap::new(),
     };
-    let join = tokio::spawn(driver.run(in_rx, cmd_rx));
+    let join = tokio::spawn(driver.run(in_rx, cmd_rx, resend));
     (
         SessionHandle {
             jid,
@@ -268,6 +319,53 @@ pub(crate) fn start(
         },
         join,
     )
+}
+
+/// Stream management on the new stream, and what of the previous one to send again.
+fn carry_over(
+    account: &str,
+    enabled: Option<crate::negotiation::SmEnabled>,
+    resumed: bool,
+    previous_h: Option<u32>,
+    previous: Option<Resumable>,
+) -> (Option<sm::Active>, Vec<Unacked>) {
+    let mut resend = Vec::new();
+    let mut outbound = Outbound::default();
+    let mut inbound_h = 0;
+    if let Some(mut old) = previous {
+        if let Some(h) = previous_h
+            && let Err(e) = old.outbound.ack(h)
+        {
+            tracing::warn!(account, error = %e, "the server's count of our stanzas is wrong; sending none again");
+            old.outbound.unacked.clear();
+        }
+        if resumed {
+            inbound_h = old.sent_h;
+            outbound.acked = old.outbound.acked;
+            resend = old.outbound.unacked.into_iter().collect();
+        } else {
+            resend = old
+                .outbound
+                .unacked
+                .into_iter()
+                .filter(|u| u.xml.starts_with("<message"))
+                .collect();
+        }
+        if !resend.is_empty() {
+            tracing::info!(
+                account,
+                stanzas = resend.len(),
+                resumed,
+                "sending again what the server had not acknowledged"
+            );
+        }
+    }
+    let sm = enabled.map(|e| sm::Active {
+        id: e.id,
+        inbound: Inbound::starting_at(inbound_h),
+        outbound,
+    });
+    (sm, resend)
 }
 
 async fn read_loop(
@@ -322,6 +420,10 @@ struct Driver {
     ping_outstanding: Option<String>,
     /// Our `</stream:stream>` is sent: nothing more may be written.
     closing: bool,
+    /// XEP-0198, when the server enabled it.
+    sm: Option<sm::Active>,
+    /// Archive queries whose results are collected for the caller.
+    collecting: HashMap<String, Vec<(String, Message)>>,
 }
 
 /// How long a closing session waits for the server to close its side of the stream.
@@ -332,13 +434,46 @@ impl Driver {
         mut self,
         mut incoming: mpsc::Receiver<Box<Incoming>>,
         mut commands: mpsc::Receiver<Command>,
+        resend: Vec<Unacked>,
+    ) -> Ended {
+        let end = self.drive(&mut incoming, &mut commands, resend).await;
+        for (_, p) in self.pending.drain() {
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(IqError::NotConnected));
+            }
+        }
+        // A broken stream the server can resume keeps what it had not acknowledged; a closed
+        // one fails it (the callers send it again on the next session).
+        let resumable = match (self.sm.take(), &end) {
+            (_, SessionEnd::Closed) | (None, _) => None,
+            (Some(active), _) => active.id.map(|id| Resumable {
+                id,
+                jid: self.jid.clone(),
+                inbound: active.inbound,
+                outbound: active.outbound,
+                sent_h: 0,
+            }),
+        };
+        (end, resumable)
+    }
+
+    async fn drive(
+        &mut self,
+        incoming: &mut mpsc::Receiver<Box<Incoming>>,
+        commands: &mut mpsc::Receiver<Command>,
+        resend: Vec<Unacked>,
     ) -> SessionEnd {
+        for item in resend {
+            if let Err(end) = self.write_stanza(item.xml, item.confirm).await {
+                return end;
+            }
+        }
         let mut keepalive = interval(self.timers.keepalive);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         keepalive.reset();
         let mut housekeeping = interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let end = loop {
+        loop {
             tokio::select! {
                 msg = incoming.recv() => {
                     let result = match msg.map(|b| *b) {
@@ -361,17 +496,19 @@ impl Driver {
                 }
                 cmd = commands.recv() => {
                     let result = match cmd {
-                        Some(Command::Send(s)) => self.write_raw(&s).await,
-                        Some(Command::SendConfirmed(s, written)) => {
-                            let result = self.write_raw(&s).await;
-                            if result.is_ok() {
-                                let _ = written.send(());
-                            }
-                            result
-                        }
+                        Some(Command::Send(s)) => self.write_stanza(s, None).await,
+                        Some(Command::SendConfirmed(s, written)) => self.write_stanza(s, Some(written)).await,
                         Some(Command::Iq { iq, reply }) => self.send_iq(*iq, Some(reply)).await,
+                        Some(Command::Collect(query_id)) => {
+                            self.collecting.insert(query_id, Vec::new());
+                            Ok(())
+                        }
+                        Some(Command::TakeCollected(query_id, reply)) => {
+                            let _ = reply.send(self.collecting.remove(&query_id).unwrap_or_default());
+                            Ok(())
+                        }
                         Some(Command::Close) | None => {
-                            self.close(&mut incoming).await;
+                            self.close(incoming).await;
                             break SessionEnd::Closed;
                         }
                     };
@@ -393,13 +530,7 @@ impl Driver {
                     if let Err(end) = self.expire_iqs() { break end; }
                 }
             }
-        };
-        for (_, p) in self.pending.drain() {
-            if let Some(reply) = p.reply {
-                let _ = reply.send(Err(IqError::NotConnected));
-            }
         }
-        end
     }
 
     /// Closes the stream as RFC 6120 §4.4 asks: sends `</stream:stream>`, then keeps reading
@@ -408,7 +539,17 @@ impl Driver {
     async fn close(&mut self, incoming: &mut mpsc::Receiver<Box<Incoming>>) {
         // One deadline for the whole close, the closing tag's write included.
         let deadline = Instant::now() + CLOSE_WAIT;
-        let _ = tokio::time::timeout_at(deadline, self.write_raw(xml::STREAM_CLOSE)).await;
+        let mut last = String::new();
+        if let Some(active) = &self.sm {
+            // XEP-0198 §3: what we handled, so the server does not send it elsewhere; and what it
+            // handled of ours, answered while the stream closes.
+            if !active.outbound.unacked.is_empty() {
+                last.push_str(&sm::request().to_xml());
+            }
+            last.push_str(&sm::answer(active.inbound.handled()).to_xml());
+        }
+        last.push_str(xml::STREAM_CLOSE);
+        let _ = tokio::time::timeout_at(deadline, self.write_raw(&last)).await;
         self.closing = true;
         let mut handled = 0usize;
         loop {
@@ -459,6 +600,88 @@ impl Driver {
         }
     }
 
+    /// Writes a stanza; with stream management, keeps it until the server acknowledges it
+    /// (`confirm` is told then), without, `confirm` is told once it is written.
+    async fn write_stanza(
+        &mut self,
+        xml: String,
+        confirm: Option<oneshot::Sender<()>>,
+    ) -> Result<(), SessionEnd> {
+        if self.closing {
+            // Nothing may follow our closing tag: the caller learns it was not sent.
+            return Ok(());
+        }
+        let Some(active) = self.sm.as_mut() else {
+            self.write_raw(&xml).await?;
+            if let Some(confirm) = confirm {
+                let _ = confirm.send(());
+            }
+            return Ok(());
+        };
+        if active.outbound.unacked.len() >= sm::MAX_UNACKED {
+            return Err(SessionEnd::StreamManagement(format!(
+                "the server has not acknowledged the last {} stanzas",
+                sm::MAX_UNACKED
+            )));
+        }
+        // Kept before the write: a write that fails may still have reached the server, whose
+        // count tells on resumption.
+        let request = active.outbound.requested.is_none();
+        if request {
+            active.outbound.requested = Some(Instant::now());
+        }
+        let mut bytes = xml.clone();
+        active.outbound.unacked.push_back(Unacked { xml, confirm });
+        if request {
+            bytes.push_str(&sm::request().to_xml());
+        }
+        self.write_raw(&bytes).await
+    }
+
+    /// A stream management nonza from the server.
+    async fn on_sm(&mut self, el: Element) -> Result<(), SessionEnd> {
+        let Some(active) = self.sm.as_mut() else {
+            tracing::debug!(account = %self.account, element = el.name(), "ignoring stream management that was not enabled");
+            return Ok(());
+        };
+        match el.name() {
+            "r" => {
+                let answer = sm::answer(active.inbound.handled()).to_xml();
+                self.write_raw(&answer).await
+            }
+            "a" => {
+                let Some(h) = sm::h_of(&el) else {
+                    return Err(SessionEnd::StreamManagement(
+                        "an acknowledgement without a count".into(),
+                    ));
+                };
+                active
+                    .outbound
+                    .ack(h)
+                    .map_err(|e| SessionEnd::StreamManagement(e.to_string()))?;
+                active.outbound.requested = None;
+                if !active.outbound.unacked.is_empty() {
+                    active.outbound.requested = Some(Instant::now());
+                    let request = sm::request().to_xml();
+                    return self.write_raw(&request).await;
+                }
+                Ok(())
+            }
+            other => {
+                tracing::debug!(account = %self.account, element = other, "ignoring a stream management element");
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts a stanza read (XEP-0198): its receipt, to hand over with what it becomes.
+    fn receive(&self) -> Receipt {
+        match &self.sm {
+            Some(active) => active.inbound.received(),
+            None => Receipt::none(),
+        }
+    }
+
     async fn send_iq(
         &mut self,
         iq: Iq,
@@ -472,11 +695,20 @@ impl Driver {
                 deadline: Instant::now() + self.timers.iq_timeout,
             },
         );
-        self.write_raw(&iq.to_element().to_xml()).await
+        self.write_stanza(iq.to_element().to_xml(), None).await
     }
 
     fn expire_iqs(&mut self) -> Result<(), SessionEnd> {
         let now = Instant::now();
+        // An acknowledgement that never comes would hold the stanzas waiting for it forever.
+        if let Some(asked) = self.sm.as_ref().and_then(|a| a.outbound.requested)
+            && now.duration_since(asked) > self.timers.iq_timeout
+        {
+            return Err(SessionEnd::StreamManagement(format!(
+                "the server did not acknowledge our stanzas within {:?}",
+                self.timers.iq_timeout
+            )));
+        }
         let expired: Vec<String> = self
             .pending
             .iter()
@@ -494,12 +726,13 @@ impl Driver {
         Ok(())
     }
 
-    async fn emit(&mut self, ev: SessionEvent) {
+    async fn emit(&mut self, ev: SessionEvent, receipt: Receipt) {
         // Backpressure: if the bridge is slow, the session waits (and TCP pushes back on the
         // server) rather than dropping anything.
         let event = AccountEvent {
             account: self.account.clone(),
             event: ManagerEvent::Session(ev),
+            receipt,
         };
         let _ = self.events.send(event).await;
     }
@@ -508,27 +741,49 @@ impl Driver {
         if let Some(err) = StreamError::from_element(&el) {
             return Err(SessionEnd::StreamError(err));
         }
+        if el.ns() == ns::SM {
+            return self.on_sm(el).await;
+        }
         if el.ns() != ns::CLIENT {
             tracing::debug!(account = %self.account, element = el.name(), "ignoring a nonza");
             return Ok(());
         }
+        // XEP-0198 counts every stanza; one handed to the caller counts as handled when the
+        // caller is done with it, the others when this function returns.
+        let receipt = self.receive();
+        tracing::trace!(account = %self.account, stanza = el.name(), from = el.attr("from").unwrap_or(""), kind = el.attr("type").unwrap_or(""), "received");
         // Typed stanzas take the element by value: bodies and IQ payloads are moved, not copied.
         match el.name() {
             "message" => {
                 if let Some(forwarded) = Forwarded::parse(&el, &self.jid) {
                     match forwarded {
                         Ok(Forwarded::Carbon { kind, message }) => {
-                            self.emit(SessionEvent::Carbon { kind, message }).await;
+                            self.emit(SessionEvent::Carbon { kind, message }, receipt)
+                                .await;
+                        }
+                        Ok(Forwarded::Archived {
+                            archive_id,
+                            query_id: Some(query_id),
+                            message,
+                        }) if self.collecting.contains_key(&query_id) => {
+                            if let Some(list) = self.collecting.get_mut(&query_id)
+                                && list.len() < MAX_COLLECTED
+                            {
+                                list.push((archive_id, message));
+                            }
                         }
                         Ok(Forwarded::Archived {
                             archive_id,
                             message,
                             ..
                         }) => {
-                            self.emit(SessionEvent::Archived {
-                                archive_id,
-                                message,
-                            })
+                            self.emit(
+                                SessionEvent::Archived {
+                                    archive_id,
+                                    message,
+                                },
+                                receipt,
+                            )
                             .await;
                         }
                         Err(e) => self.invalid(e.to_string()).await,
@@ -536,7 +791,7 @@ impl Driver {
                     return Ok(());
                 }
                 match Message::try_from(el) {
-                    Ok(m) => self.emit(SessionEvent::Message(m)).await,
+                    Ok(m) => self.emit(SessionEvent::Message(m), receipt).await,
                     Err(e) => self.invalid(e.to_string()).await,
                 }
             }
@@ -544,7 +799,7 @@ impl Driver {
                 Ok(p) if p.kind == PresenceType::Probe => {
                     tracing::debug!(account = %self.account, "ignoring a presence probe");
                 }
-                Ok(p) => self.emit(SessionEvent::Presence(p)).await,
+                Ok(p) => self.emit(SessionEvent::Presence(p), receipt).await,
                 Err(e) => self.invalid(e.to_string()).await,
             },
             "iq" => {
@@ -552,7 +807,7 @@ impl Driver {
                 let id = el.attr("id").map(str::to_owned);
                 let from = el.attr("from").map(str::to_owned);
                 match Iq::try_from(el) {
-                    Ok(iq) => return self.on_iq(iq).await,
+                    Ok(iq) => return self.on_iq(iq, receipt).await,
                     Err(e) => {
                         // RFC 6120 §8.2.3: still answer a request we cannot parse when it has an id.
                         if let (Some(id), true) = (id, request) {
@@ -561,7 +816,7 @@ impl Driver {
                                 .with_attr("id", id)
                                 .with_opt_attr("to", from.as_deref())
                                 .with_child(StanzaError::new("modify", "bad-request").to_element());
-                            self.write_raw(&reply.to_xml()).await?;
+                            self.write_stanza(reply.to_xml(), None).await?;
                         }
                         self.invalid(e.to_string()).await;
                     }
@@ -577,6 +832,8 @@ impl Driver {
     /// A stanza too large to keep: its IQ request fails, an IQ request to us is refused, a
     /// message or presence is reported so that nobody's message disappears without a word.
     async fn on_skipped(&mut self, s: SkippedStanza) -> Result<(), SessionEnd> {
+        // A stanza all the same (XEP-0198 counts it): handled once it is reported.
+        let receipt = self.receive();
         let from = s.from.as_deref().and_then(|f| Jid::parse(f).ok());
         tracing::warn!(
             account = %self.account,
@@ -611,16 +868,19 @@ impl Driver {
                         .with_attr("id", id)
                         .with_opt_attr("to", s.from.as_deref())
                         .with_child(StanzaError::new("modify", "policy-violation").to_element());
-                    self.write_raw(&reply.to_xml()).await
+                    self.write_stanza(reply.to_xml(), None).await
                 }
             },
             "message" | "presence" => {
-                self.emit(SessionEvent::TooLarge {
-                    stanza: s.name,
-                    from,
-                    kind: s.kind,
-                    bytes: s.bytes,
-                })
+                self.emit(
+                    SessionEvent::TooLarge {
+                        stanza: s.name,
+                        from,
+                        kind: s.kind,
+                        bytes: s.bytes,
+                    },
+                    receipt,
+                )
                 .await;
                 Ok(())
             }
@@ -630,7 +890,8 @@ impl Driver {
 
     async fn invalid(&mut self, reason: String) {
         tracing::warn!(account = %self.account, %reason, "the server sent a stanza we cannot understand");
-        self.emit(SessionEvent::Invalid { reason }).await;
+        self.emit(SessionEvent::Invalid { reason }, Receipt::none())
+            .await;
     }
 
     /// RFC 6120 §10.1 / §8.1.2.1: which `from` values may answer an IQ sent to `to`.
@@ -647,7 +908,7 @@ impl Driver {
         }
     }
 
-    async fn on_iq(&mut self, iq: Iq) -> Result<(), SessionEnd> {
+    async fn on_iq(&mut self, iq: Iq, receipt: Receipt) -> Result<(), SessionEnd> {
         match iq.kind {
             IqType::Result | IqType::Error => {
                 let matches = self
@@ -685,7 +946,7 @@ impl Driver {
                 });
                 if iq.kind == IqType::Get && payload.is_some_and(|p| p.is("ping", ns::PING)) {
                     return self
-                        .write_raw(&Iq::result_for(&iq, None).to_element().to_xml())
+                        .write_stanza(Iq::result_for(&iq, None).to_element().to_xml(), None)
                         .await;
                 }
                 if iq.kind == IqType::Set
@@ -693,10 +954,12 @@ impl Driver {
                     && payload.is_some_and(|p| p.is("query", ns::ROSTER))
                 {
                     let items = payload.map(roster::parse_items);
-                    self.write_raw(&Iq::result_for(&iq, None).to_element().to_xml())
+                    self.write_stanza(Iq::result_for(&iq, None).to_element().to_xml(), None)
                         .await?;
                     match items {
-                        Some(Ok(items)) => self.emit(SessionEvent::RosterPush(items)).await,
+                        Some(Ok(items)) => {
+                            self.emit(SessionEvent::RosterPush(items), receipt).await;
+                        }
                         Some(Err(e)) => self.invalid(e.to_string()).await,
                         None => {}
                     }
@@ -704,7 +967,7 @@ impl Driver {
                 }
                 // RFC 6120 §8.4: unknown requests get service-unavailable.
                 let err = Iq::error_for(&iq, StanzaError::new("cancel", "service-unavailable"));
-                self.write_raw(&err.to_element().to_xml()).await
+                self.write_stanza(err.to_element().to_xml(), None).await
             }
         }
     }

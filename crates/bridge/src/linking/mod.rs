@@ -93,6 +93,8 @@ impl Bridge {
             },
             resource: None,
             mechanisms: None,
+            stream_management: false,
+            resume: None,
         };
         let established = establish(&connection, self.inner.xmpp_tls.clone(), &negotiation)
             .await

@@ -26,6 +26,18 @@ fn relation_of(m: &Message) -> Option<ToMatrixKind> {
     })
 }
 
+/// Where a message came from: what its archive id may do to the archive cursor (where the next
+/// login's catch-up resumes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Live (or a carbon): moves the cursor once this session's catch-up is complete.
+    Live,
+    /// The catch-up after a login: moves it.
+    CatchUp,
+    /// A new portal's history: never moves it (it is older than what the catch-up read).
+    Backfill,
+}
+
 impl Bridge {
     /// `received` (Unix ms) and `arrived` are when the bridge read the stanza.
     pub(crate) async fn on_xmpp_message(
@@ -64,7 +76,14 @@ impl Bridge {
         if let Some(kind) = relation_of(&m) {
             let archive_id = self.own_archive_id(account, &m);
             self.record_relation(
-                account, &from, kind, &m, archive_id, false, received, arrived,
+                account,
+                &from,
+                kind,
+                &m,
+                archive_id,
+                Origin::Live,
+                received,
+                arrived,
             )
             .await;
             return;
@@ -94,7 +113,7 @@ impl Bridge {
             None,
             body,
             &m,
-            (archive_id, false),
+            (archive_id, Origin::Live),
             received,
             arrived,
         )
@@ -117,7 +136,7 @@ impl Bridge {
             CarbonKind::Received => self.on_xmpp_message(account, m, received, arrived).await,
             CarbonKind::Sent => {
                 let archive_id = self.own_archive_id(account, &m);
-                self.on_own_message(account, m, archive_id, false, received, arrived)
+                self.on_own_message(account, m, archive_id, Origin::Live, received, arrived)
                     .await;
             }
         }
@@ -131,6 +150,7 @@ impl Bridge {
         account: &str,
         archive_id: String,
         m: Message,
+        origin: Origin,
         received: i64,
         arrived: Instant,
     ) {
@@ -141,7 +161,7 @@ impl Bridge {
             (None, Some(_)) => false,
         };
         if from_user {
-            self.on_own_message(account, m, Some(archive_id), true, received, arrived)
+            self.on_own_message(account, m, Some(archive_id), origin, received, arrived)
                 .await;
             return;
         }
@@ -154,7 +174,7 @@ impl Bridge {
                 kind,
                 &m,
                 Some(archive_id),
-                true,
+                origin,
                 received,
                 arrived,
             )
@@ -165,11 +185,11 @@ impl Bridge {
             m.from.as_ref().map(Jid::to_bare),
             m.body.clone().filter(|b| !b.is_empty()),
         ) else {
-            self.note_archive_id(account, &archive_id, true).await;
+            self.note_archive_id(account, &archive_id, origin).await;
             return;
         };
         if !matches!(m.kind, MessageType::Chat | MessageType::Normal) {
-            self.note_archive_id(account, &archive_id, true).await;
+            self.note_archive_id(account, &archive_id, origin).await;
             return;
         }
         self.record_chat(
@@ -178,7 +198,7 @@ impl Bridge {
             None,
             body,
             &m,
-            (Some(archive_id), true),
+            (Some(archive_id), origin),
             received,
             arrived,
         )
@@ -191,7 +211,7 @@ impl Bridge {
         account: &str,
         m: Message,
         archive_id: Option<String>,
-        from_archive: bool,
+        origin: Origin,
         received: i64,
         arrived: Instant,
     ) {
@@ -201,7 +221,7 @@ impl Bridge {
             m.body.clone().filter(|b| !b.is_empty()),
         ) else {
             if let Some(id) = &archive_id {
-                self.note_archive_id(account, id, from_archive).await;
+                self.note_archive_id(account, id, origin).await;
             }
             return;
         };
@@ -219,7 +239,7 @@ impl Bridge {
         {
             // The bridge's own sends come back from the archive: they are in the portal already.
             if let Some(id) = &archive_id {
-                self.note_archive_id(account, id, from_archive).await;
+                self.note_archive_id(account, id, origin).await;
             }
             return;
         }
@@ -229,7 +249,7 @@ impl Bridge {
             Some(&own),
             body,
             &m,
-            (archive_id, from_archive),
+            (archive_id, origin),
             received,
             arrived,
         )
@@ -267,11 +287,16 @@ impl Bridge {
         own: Option<&Jid>,
         body: String,
         m: &Message,
-        archive: (Option<String>, bool),
+        archive: (Option<String>, Origin),
         received: i64,
         arrived: Instant,
     ) {
-        let (archive_id, from_archive) = archive;
+        let (archive_id, origin) = archive;
+        if origin == Origin::Live {
+            // The first message of a conversation without a portal: its history goes first.
+            self.backfill_new_portal(account, contact, received, arrived)
+                .await;
+        }
         let contact = contact.to_string();
         let ts = m.delay.as_ref().map(xmpp_core::stanza::Delay::unix_millis);
         // With the body's hash: a resend (same id, same text) is caught, while a client that
@@ -305,7 +330,63 @@ impl Bridge {
         self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
             .await;
         if let Some(id) = archive_id {
-            self.note_archive_id(account, &id, from_archive).await;
+            self.note_archive_id(account, &id, origin).await;
+        }
+    }
+
+    /// Before the first message of a conversation that has no portal yet: records the last
+    /// `bridge.backfill_messages` messages of it from the account's archive (XEP-0313), oldest
+    /// first with their original times, so that the new portal opens with its history. Once per
+    /// conversation and process; the message itself, being in the archive already, is then
+    /// dropped as a duplicate when it is recorded. Any failure only costs the history.
+    async fn backfill_new_portal(
+        &self,
+        account: &str,
+        contact: &Jid,
+        received: i64,
+        arrived: Instant,
+    ) {
+        let max = self.inner.config.bridge.backfill_messages;
+        let jid = contact.to_string();
+        let has_archive = self
+            .inner
+            .archive_accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(account);
+        if max == 0 || !has_archive || self.portals().room(account, &jid).is_some() {
+            return;
+        }
+        let first = self
+            .inner
+            .backfilled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(format!("{account}|{jid}"));
+        if !first {
+            return;
+        }
+        match self.inner.store.portal(account, &jid).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => {
+                tracing::warn!(user = %account, contact = %jid, error = %e, "cannot tell whether the conversation has a portal; no history for it");
+                return;
+            }
+        }
+        tracing::debug!(user = %account, contact = %jid, max, "a new conversation: reading its last messages from the archive");
+        let history = match self.inner.xmpp.archive_with(account, contact, max).await {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::warn!(user = %account, contact = %jid, error = %e, "cannot read the conversation's history from the archive; the portal starts without it");
+                return;
+            }
+        };
+        tracing::info!(user = %account, contact = %jid, messages = history.len(), "a new portal: its history from the archive goes first");
+        for (archive_id, m) in history {
+            // Boxed: this runs inside the recording of a message, which it calls again.
+            Box::pin(self.on_archived(account, archive_id, m, Origin::Backfill, received, arrived))
+                .await;
         }
     }
 
@@ -319,7 +400,7 @@ impl Bridge {
         kind: ToMatrixKind,
         m: &Message,
         archive_id: Option<String>,
-        from_archive: bool,
+        origin: Origin,
         received: i64,
         arrived: Instant,
     ) {
@@ -340,7 +421,7 @@ impl Bridge {
         self.enqueue_to_matrix(account, &contact, &payload, Some(&dedupe), arrived)
             .await;
         if let Some(id) = archive_id {
-            self.note_archive_id(account, &id, from_archive).await;
+            self.note_archive_id(account, &id, origin).await;
         }
     }
 
@@ -349,7 +430,7 @@ impl Bridge {
     /// the end (else the gap behind it would be skipped for good). Saved at most every 2 s per
     /// account, a skipped save made 2 s later, and at a graceful stop: a crash loses at most
     /// that much progress, and what is read twice is dropped by the dedupe keys.
-    pub(crate) async fn note_archive_id(&self, account: &str, id: &str, from_archive: bool) {
+    pub(crate) async fn note_archive_id(&self, account: &str, id: &str, origin: Origin) {
         let Some(jid) = self.own_jid(account) else {
             return;
         };
@@ -359,8 +440,10 @@ impl Bridge {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(account);
-        if !from_archive && !live_ok {
-            return;
+        match origin {
+            Origin::Backfill => return,
+            Origin::Live if !live_ok => return,
+            Origin::Live | Origin::CatchUp => {}
         }
         let jid = jid.to_string();
         let (save, schedule) = {

@@ -10,6 +10,8 @@ mod presence;
 mod relations;
 mod typing;
 
+use message::Origin;
+
 pub(crate) use deliver::{DOUBLE_PUPPET_NAME, DOUBLE_PUPPET_SOURCE};
 
 use std::collections::HashMap;
@@ -24,6 +26,9 @@ use crate::context::Bridge;
 /// An XMPP event and when the bridge read it.
 struct Received {
     event: ManagerEvent,
+    /// Dropped once the event is handled: with stream management, the XMPP server is told only
+    /// then that the stanza arrived, so a crash before that loses nothing on such servers.
+    receipt: xmpp_core::stream_management::Receipt,
     /// Unix milliseconds.
     at_ms: i64,
     at: std::time::Instant,
@@ -45,12 +50,18 @@ impl Bridge {
             tasks.spawn(self.clone().account_events(account.to_owned(), rx));
             tx
         };
-        while let Some(AccountEvent { account, event }) = events.recv().await {
+        while let Some(AccountEvent {
+            account,
+            event,
+            receipt,
+        }) = events.recv().await
+        {
             // Stamped now: an account's task may be busy (a database outage, a slow homeserver)
             // and a message's time is when the bridge read it, not when it got to it.
             last_ms = crate::context::now_ms().max(last_ms + 1);
             let event = Received {
                 event,
+                receipt,
                 at_ms: last_ms,
                 at: std::time::Instant::now(),
             };
@@ -79,10 +90,31 @@ impl Bridge {
     }
 
     async fn on_account_event(&self, account: &str, received: Received) {
-        let Received { event, at_ms, at } = received;
+        let Received {
+            event,
+            receipt,
+            at_ms,
+            at,
+        } = received;
+        self.handle_account_event(account, event, at_ms, at).await;
+        // Recorded (or deliberately dropped): the stanza may now be acknowledged.
+        drop(receipt);
+    }
+
+    async fn handle_account_event(
+        &self,
+        account: &str,
+        event: ManagerEvent,
+        at_ms: i64,
+        at: std::time::Instant,
+    ) {
         match event {
             ManagerEvent::State(state) => {
-                if let xmpp_core::manager::ConnectionState::Connected { jid } = &state {
+                if let xmpp_core::manager::ConnectionState::Connected {
+                    jid,
+                    resumed: false,
+                } = &state
+                {
                     // In order with the session's own events, which are handled after this.
                     self.inner
                         .own_jids
@@ -129,11 +161,21 @@ impl Bridge {
                 archive_id,
                 message,
             }) => {
-                self.on_archived(account, archive_id, message, at_ms, at)
+                self.on_archived(account, archive_id, message, Origin::CatchUp, at_ms, at)
                     .await;
             }
             ManagerEvent::Features(features) => {
                 tracing::debug!(user = %account, ?features, "what the XMPP server offers");
+                let mut accounts = self
+                    .inner
+                    .archive_accounts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if features.archive {
+                    accounts.insert(account.to_owned());
+                } else {
+                    accounts.remove(account);
+                }
             }
             ManagerEvent::Session(SessionEvent::Presence(p)) => {
                 self.on_xmpp_presence(account, p).await;

@@ -176,6 +176,31 @@ pub fn archive_query(query_id: &str, cursor: &ArchiveCursor, max: u32) -> Elemen
         .with_child(set)
 }
 
+/// A XEP-0313 query for the last `max` messages exchanged with `with` (RSM `<before/>`: the
+/// last page, oldest first within it).
+pub fn archive_last_with(query_id: &str, with: &Jid, max: u32) -> Element {
+    let form = Element::new("x", ns::DATA)
+        .with_attr("type", "submit")
+        .with_child(
+            Element::new("field", ns::DATA)
+                .with_attr("var", "FORM_TYPE")
+                .with_attr("type", "hidden")
+                .with_child(Element::new("value", ns::DATA).with_text(ns::MAM.to_owned())),
+        )
+        .with_child(
+            Element::new("field", ns::DATA)
+                .with_attr("var", "with")
+                .with_child(Element::new("value", ns::DATA).with_text(with.to_bare().to_string())),
+        );
+    let set = Element::new("set", ns::RSM)
+        .with_child(Element::new("max", ns::RSM).with_text(max.to_string()))
+        .with_child(Element::new("before", ns::RSM));
+    Element::new("query", ns::MAM)
+        .with_attr("queryid", query_id.to_owned())
+        .with_child(form)
+        .with_child(set)
+}
+
 /// The end of one page of an archive query (`<fin/>` in the IQ result): whether the archive
 /// has no more, and the id of the page's last message, where the next page starts. `None` when
 /// the answer has no `<fin/>` (not a XEP-0313 answer: the catch-up cannot know where it is).
@@ -195,6 +220,23 @@ mod tests {
 
     fn own() -> Jid {
         Jid::parse("alice@x/bridge").unwrap()
+    }
+
+    #[test]
+    fn the_last_messages_with_a_contact_are_asked_for_with_before() {
+        let q = archive_last_with("q1", &Jid::parse("bob@x/phone").unwrap(), 20).to_xml();
+        assert!(
+            q.contains("<field var='with'><value>bob@x</value></field>"),
+            "{q}"
+        );
+        assert!(
+            q.contains("<set xmlns='http://jabber.org/protocol/rsm'><max>20</max><before/></set>"),
+            "{q}"
+        );
+        assert!(
+            q.starts_with("<query xmlns='urn:xmpp:mam:2' queryid='q1'>"),
+            "{q}"
+        );
     }
 
     #[test]

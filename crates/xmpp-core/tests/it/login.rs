@@ -25,7 +25,7 @@ async fn connected_jid(
     })
     .await;
     match ev {
-        ManagerEvent::State(ConnectionState::Connected { jid }) => jid.to_string(),
+        ManagerEvent::State(ConnectionState::Connected { jid, .. }) => jid.to_string(),
         other => panic!("{key} did not connect: {other:?}"),
     }
 }

@@ -24,6 +24,8 @@ async fn login(env: &StackEnv, tls: TlsSettings) -> Result<String, ConnectError>
         },
         resource: None,
         mechanisms: None,
+        stream_management: false,
+        resume: None,
     };
     let tls = tls_client_config(&tls)?;
     establish(&connection, tls, &negotiation)
