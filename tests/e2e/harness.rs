@@ -130,6 +130,21 @@ impl TestBridge {
         self.xmpp_domain = standard;
     }
 
+    /// Configures the bridge for the stack's ejabberd (a second standard server).
+    pub(crate) fn use_ejabberd(&mut self) {
+        self.edit_config("profile: messenger", "profile: standard");
+        let domain = self.env.get("EJABBERD_DOMAIN").to_owned();
+        self.edit_config(
+            &format!("domain: {}", self.env.get("XMPP_MESSENGER_DOMAIN")),
+            &format!("domain: {domain}"),
+        );
+        self.edit_config(
+            &format!("port: {}\n", self.env.get("XMPP_PORT")),
+            &format!("port: {}\n", self.env.get("EJABBERD_PORT")),
+        );
+        self.xmpp_domain = domain;
+    }
+
     /// Turns double puppeting on with the stack's second registration (its token).
     pub(crate) fn use_double_puppeting(&self) {
         let text = std::fs::read_to_string(&self.config).unwrap();

@@ -187,6 +187,8 @@ pub enum ContactLogin {
     Messenger,
     /// On the standard host with the seeded password.
     Standard,
+    /// On the stack's ejabberd with the seeded password.
+    Ejabberd,
 }
 
 /// A slixmpp client playing a contact (`tests/peers/xmpp_contact.py`).
@@ -215,14 +217,18 @@ impl XmppContact {
         presence: bool,
     ) -> Self {
         let mut cmd = Command::new(env.python());
+        let (host, port, ca) = match login {
+            ContactLogin::Ejabberd => ("EJABBERD_HOST", "EJABBERD_PORT", "EJABBERD_CA_FILE"),
+            _ => ("XMPP_HOST", "XMPP_PORT", "XMPP_CA_FILE"),
+        };
         cmd.arg(repo_root().join("tests/peers/xmpp_contact.py"))
             .args([
                 "--host",
-                env.get("XMPP_HOST"),
+                env.get(host),
                 "--port",
-                env.get("XMPP_PORT"),
+                env.get(port),
                 "--ca",
-                env.get("XMPP_CA_FILE"),
+                env.get(ca),
             ]);
         match login {
             ContactLogin::Messenger => {
@@ -233,6 +239,10 @@ impl XmppContact {
             }
             ContactLogin::Standard => {
                 cmd.arg(format!("--jid={user}@{}", env.get("XMPP_STANDARD_DOMAIN")))
+                    .arg(format!("--password={user}pass"));
+            }
+            ContactLogin::Ejabberd => {
+                cmd.arg(format!("--jid={user}@{}", env.get("EJABBERD_DOMAIN")))
                     .arg(format!("--password={user}pass"));
             }
         }
