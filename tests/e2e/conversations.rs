@@ -330,7 +330,6 @@ async fn messages_sent_while_the_bridge_was_down_arrive_from_the_archive_in_orde
 /// On a server with an archive, even `kill -9` loses nothing: what the bridge had read but not
 /// recorded, and what came while it was dead, is in the archive, and the next login reads it
 /// from the last message recorded. Three kills during an unpaced 100-message burst.
-
 async fn kill_9_three_times_in_an_unpaced_burst_loses_and_duplicates_nothing(server: Server) {
     let _serial = serial().await;
     let env = StackEnv::load();
@@ -401,7 +400,6 @@ async fn kill_9_three_times_in_an_unpaced_burst_loses_and_duplicates_nothing_on_
 /// traffic both ways: the stream resumes (XEP-0198) without a new login, and nothing is lost or
 /// repeated — neither what was in flight when the link broke nor what both sides sent during
 /// the cut.
-
 async fn a_ten_second_network_cut_resumes_the_stream_and_loses_nothing(server: Server) {
     let _serial = serial().await;
     let env = StackEnv::load();
@@ -495,7 +493,6 @@ async fn a_ten_second_network_cut_resumes_the_stream_and_loses_nothing_on_ejabbe
 /// the archive (`bridge.backfill_messages`, here 5): both sides' (what the user wrote on the
 /// phone too), oldest first, each once, with its original time; the opening message itself
 /// last, not twice.
-
 async fn a_new_portal_opens_with_the_last_messages_of_the_conversation_from_the_archive(
     server: Server,
 ) {
