@@ -475,6 +475,13 @@ async fn a_ten_second_network_cut_resumes_the_stream_and_loses_nothing(server: S
         bridge.log_tail()
     );
     assert!(metric(&bridge, "messenger_bridge_xmpp_resumptions_total").await >= 1);
+    // The cut swallowed messages the bridge had written: they went again on the resumed stream.
+    let log = std::fs::read_to_string(bridge.dir.join("bridge.log")).unwrap();
+    assert!(
+        log.contains("sending again what the server had not acknowledged"),
+        "the cut caught no message in flight, so the test showed nothing\n{}",
+        bridge.log_tail()
+    );
     bob.quit().await;
     bridge.stop().await;
 }

@@ -358,7 +358,8 @@ impl SessionManager {
         self.connected(account)?.send(stanza).await
     }
 
-    /// Sends a message and returns once it is written to the server (see
+    /// Sends a message and returns once the server has it: acknowledged with stream management,
+    /// written otherwise (see
     /// [`SessionHandle::send_confirmed`]).
     pub async fn send_message(&self, account: &str, message: &Message) -> Result<(), IqError> {
         self.connected(account)?
@@ -486,7 +487,7 @@ impl SessionManager {
                 mechanisms: account.mechanisms.clone(),
                 // The retired Messenger service offered none of it: its profile stays as it was.
                 stream_management: account.profile == ServerProfile::Standard,
-                resume: resumable.as_mut().map(Resumable::request),
+                resume: resumable.as_mut().and_then(Resumable::request),
             };
             let attempt_result = {
                 let connect = Box::pin(async {
@@ -516,7 +517,7 @@ impl SessionManager {
                     if resumed {
                         tracing::info!(account = key, %jid, %peer, "XMPP stream resumed");
                     } else {
-                        if resumable.is_some() {
+                        if negotiation.resume.is_some() {
                             tracing::info!(
                                 account = key,
                                 "the server could not resume the stream; a new session"
@@ -597,6 +598,10 @@ impl SessionManager {
                             ended = &mut join => {
                                 let (end, left) = ended.unwrap_or((SessionEnd::Io("session task failed".into()), None));
                                 resumable = left;
+                                if !login_done && let Some(r) = resumable.as_mut() {
+                                    // Resuming would skip the login steps it never finished.
+                                    r.forget_stream();
+                                }
                                 break end;
                             }
                             _ = stop.changed() => {
@@ -614,6 +619,14 @@ impl SessionManager {
                     self.clear_handle(key, generation);
                     if matches!(end, SessionEnd::Closed) {
                         break;
+                    }
+                    if let SessionEnd::StreamError(e) = &end
+                        && e.condition == "conflict"
+                    {
+                        tracing::error!(
+                            account = key,
+                            "another client logged in to this XMPP account with the bridge's resource and replaced its session; if a second bridge uses this account, stop one of them or give each its own xmpp.resource"
+                        );
                     }
                     attempt = attempt_after_session(attempt, established_at.elapsed());
                     let delay = self.backoff(attempt);

@@ -140,7 +140,8 @@ pub enum IqError {
 
 pub(crate) enum Command {
     Send(String),
-    /// Send and report once the bytes are written and flushed to the connection.
+    /// Send and report once the server has it (acknowledged with stream management, written and
+    /// flushed without).
     SendConfirmed(String, oneshot::Sender<()>),
     Iq {
         iq: Box<Iq>,
@@ -310,6 +311,7 @@ pub(crate) fn start(
         closing: false,
         sm,
         collecting: HashMap::new(),
+        collected: std::collections::VecDeque::new(),
     };
     let join = tokio::spawn(driver.run(in_rx, cmd_rx, resend));
     (
@@ -339,10 +341,17 @@ fn carry_over(
             tracing::warn!(account, error = %e, "the server's count of our stanzas is wrong; sending none again");
             old.outbound.unacked.clear();
         }
+        // IQs are never sent again: their callers were told the session ended, and a stray
+        // answer (an archive page) must not be taken for a new one.
         if resumed {
             inbound_h = old.sent_h;
             outbound.acked = old.outbound.acked;
-            resend = old.outbound.unacked.into_iter().collect();
+            resend = old
+                .outbound
+                .unacked
+                .into_iter()
+                .filter(|u| u.xml.starts_with("<message") || u.xml.starts_with("<presence"))
+                .collect();
         } else {
             resend = old
                 .outbound
@@ -364,6 +373,7 @@ fn carry_over(
         id: e.id,
         inbound: Inbound::starting_at(inbound_h),
         outbound,
+        carried: std::collections::HashSet::new(),
     });
     (sm, resend)
 }
@@ -424,6 +434,8 @@ struct Driver {
     sm: Option<sm::Active>,
     /// Archive queries whose results are collected for the caller.
     collecting: HashMap<String, Vec<(String, Message)>>,
+    /// The last collected queries already handed over.
+    collected: std::collections::VecDeque<String>,
 }
 
 /// How long a closing session waits for the server to close its side of the stream.
@@ -446,8 +458,12 @@ impl Driver {
         // one fails it (the callers send it again on the next session).
         let resumable = match (self.sm.take(), &end) {
             (_, SessionEnd::Closed) | (None, _) => None,
-            (Some(active), _) => active.id.map(|id| Resumable {
-                id,
+            (Some(active), end) => Some(Resumable {
+                // A stream whose counts went wrong is not resumed (its messages still are sent
+                // again on the next session).
+                id: active
+                    .id
+                    .filter(|_| !matches!(end, SessionEnd::StreamManagement(_))),
                 jid: self.jid.clone(),
                 inbound: active.inbound,
                 outbound: active.outbound,
@@ -463,10 +479,18 @@ impl Driver {
         commands: &mut mpsc::Receiver<Command>,
         resend: Vec<Unacked>,
     ) -> SessionEnd {
+        let carried: std::collections::HashSet<String> = resend
+            .iter()
+            .filter(|u| u.xml.starts_with("<message"))
+            .map(|u| u.xml.clone())
+            .collect();
         for item in resend {
-            if let Err(end) = self.write_stanza(item.xml, item.confirm).await {
+            if let Err(end) = self.write_confirmed(item.xml, item.confirm).await {
                 return end;
             }
+        }
+        if let Some(active) = self.sm.as_mut() {
+            active.carried = carried;
         }
         let mut keepalive = interval(self.timers.keepalive);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -505,6 +529,12 @@ impl Driver {
                         }
                         Some(Command::TakeCollected(query_id, reply)) => {
                             let _ = reply.send(self.collecting.remove(&query_id).unwrap_or_default());
+                            // Results that come after (a timed-out query) are dropped, never
+                            // taken for the catch-up's.
+                            if self.collected.len() >= 64 {
+                                self.collected.pop_front();
+                            }
+                            self.collected.push_back(query_id);
                             Ok(())
                         }
                         Some(Command::Close) | None => {
@@ -539,6 +569,16 @@ impl Driver {
     async fn close(&mut self, incoming: &mut mpsc::Receiver<Box<Incoming>>) {
         // One deadline for the whole close, the closing tag's write included.
         let deadline = Instant::now() + CLOSE_WAIT;
+        if let Some(active) = &self.sm {
+            // What the caller still handles would be counted as lost by the server (and sent
+            // elsewhere, or bounced): a short wait for it first.
+            let settle = Instant::now() + Duration::from_secs(5);
+            while active.inbound.handled() != active.inbound.received_count()
+                && Instant::now() < settle
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let mut last = String::new();
         if let Some(active) = &self.sm {
             // XEP-0198 §3: what we handled, so the server does not send it elsewhere; and what it
@@ -607,17 +647,39 @@ impl Driver {
         xml: String,
         confirm: Option<oneshot::Sender<()>>,
     ) -> Result<(), SessionEnd> {
+        self.write_confirmed(xml, confirm.into_iter().collect())
+            .await
+    }
+
+    async fn write_confirmed(
+        &mut self,
+        xml: String,
+        confirm: Vec<oneshot::Sender<()>>,
+    ) -> Result<(), SessionEnd> {
         if self.closing {
             // Nothing may follow our closing tag: the caller learns it was not sent.
             return Ok(());
         }
         let Some(active) = self.sm.as_mut() else {
             self.write_raw(&xml).await?;
-            if let Some(confirm) = confirm {
+            for confirm in confirm {
                 let _ = confirm.send(());
             }
             return Ok(());
         };
+        if !active.carried.is_empty() && active.carried.remove(&xml) {
+            // The caller retried a message the previous stream left unacknowledged, which is
+            // already sent again: it is told with that copy (at once if the server has it).
+            match active.outbound.unacked.iter_mut().find(|u| u.xml == xml) {
+                Some(waiting) => waiting.confirm.extend(confirm),
+                None => {
+                    for confirm in confirm {
+                        let _ = confirm.send(());
+                    }
+                }
+            }
+            return Ok(());
+        }
         if active.outbound.unacked.len() >= sm::MAX_UNACKED {
             return Err(SessionEnd::StreamManagement(format!(
                 "the server has not acknowledged the last {} stanzas",
@@ -773,6 +835,12 @@ impl Driver {
                             }
                         }
                         Ok(Forwarded::Archived {
+                            query_id: Some(query_id),
+                            ..
+                        }) if self.collected.contains(&query_id) => {
+                            tracing::debug!(account = %self.account, "dropping a late archive result of a query already answered");
+                        }
+                        Ok(Forwarded::Archived {
                             archive_id,
                             message,
                             ..
@@ -799,7 +867,12 @@ impl Driver {
                 Ok(p) if p.kind == PresenceType::Probe => {
                     tracing::debug!(account = %self.account, "ignoring a presence probe");
                 }
-                Ok(p) => self.emit(SessionEvent::Presence(p), receipt).await,
+                Ok(p) => {
+                    // Nothing of a presence is recorded: handled once read, so a slow homeserver
+                    // showing it never holds back the acknowledgement of what follows.
+                    drop(receipt);
+                    self.emit(SessionEvent::Presence(p), Receipt::none()).await;
+                }
                 Err(e) => self.invalid(e.to_string()).await,
             },
             "iq" => {
@@ -958,7 +1031,9 @@ impl Driver {
                         .await?;
                     match items {
                         Some(Ok(items)) => {
-                            self.emit(SessionEvent::RosterPush(items), receipt).await;
+                            drop(receipt);
+                            self.emit(SessionEvent::RosterPush(items), Receipt::none())
+                                .await;
                         }
                         Some(Err(e)) => self.invalid(e.to_string()).await,
                         None => {}

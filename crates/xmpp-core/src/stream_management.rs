@@ -4,8 +4,10 @@
 //! - **Outbound.** Every stanza written is kept until the server's `<a h='…'/>` covers it;
 //!   [`crate::session::SessionHandle::send_confirmed`] resolves only then, so a message the
 //!   bridge records as delivered is one the server holds. When the connection breaks, the
-//!   stanzas not yet acknowledged are resent on the resumed stream, or fail (and are retried by
-//!   the caller) when the server cannot resume it.
+//!   messages and presences not yet acknowledged are sent again on the resumed stream; when the
+//!   server cannot resume it, the messages are sent again on the new session (IQs and presences
+//!   belong to the old one). A caller that sends the very same message again meanwhile is
+//!   attached to the copy already waiting, not sent twice.
 //! - **Inbound.** Stanzas are numbered as they are read; one counts as handled only when the
 //!   caller has finished with it ([`Receipt`] dropped), so the `h` the server is told never
 //!   covers a message the bridge has not recorded yet. A stanza not acknowledged when the stream
@@ -176,7 +178,7 @@ impl PartialEq for Receipt {
 pub(crate) struct Unacked {
     pub xml: String,
     /// Told once the server acknowledges it.
-    pub confirm: Option<oneshot::Sender<()>>,
+    pub confirm: Vec<oneshot::Sender<()>>,
 }
 
 /// What the server has not acknowledged on our side.
@@ -204,13 +206,14 @@ impl Outbound {
     pub(crate) fn ack(&mut self, h: u32) -> Result<usize, AckError> {
         let newly = h.wrapping_sub(self.acked) as usize;
         if newly > self.unacked.len() {
-            return Err(AckError {
-                acked: h,
-                sent: self.acked.wrapping_add(self.unacked.len() as u32),
-            });
+            let sent = self.acked.wrapping_add(self.unacked.len() as u32);
+            // Nothing to send again can be told apart any more: count from the server's h.
+            self.unacked.clear();
+            self.acked = h;
+            return Err(AckError { acked: h, sent });
         }
         for item in self.unacked.drain(..newly) {
-            if let Some(confirm) = item.confirm {
+            for confirm in item.confirm {
                 let _ = confirm.send(());
             }
         }
@@ -219,11 +222,13 @@ impl Outbound {
     }
 }
 
-/// What a broken stream leaves for the next connection to resume.
+/// What a broken stream leaves for the next connection: the stanzas to send again, and the
+/// stream to resume when the server allows it.
 #[derive(Debug)]
 pub struct Resumable {
-    /// The server's id for the stream.
-    pub id: String,
+    /// The server's id for the stream; `None`: not resumable (the server did not offer it, or
+    /// the session had not finished logging in), only its messages are sent again.
+    pub id: Option<String>,
     /// Our JID on it (a resumed stream keeps it).
     pub jid: Jid,
     /// Our inbound count, shared with receipts still in the caller's hands.
@@ -241,15 +246,21 @@ impl Resumable {
     }
 
     /// The request that resumes this stream, with what is handled now; remembered, because the
-    /// resumed stream counts on from it.
-    pub fn request(&mut self) -> ResumeRequest {
+    /// resumed stream counts on from it. `None` when it cannot be resumed.
+    pub fn request(&mut self) -> Option<ResumeRequest> {
+        let previd = self.id.clone()?;
         let h = self.h();
         self.sent_h = h;
-        ResumeRequest {
-            previd: self.id.clone(),
+        Some(ResumeRequest {
+            previd,
             h,
             jid: self.jid.clone(),
-        }
+        })
+    }
+
+    /// Gives up resuming (the messages are still sent again).
+    pub fn forget_stream(&mut self) {
+        self.id = None;
     }
 
     /// How many of our stanzas wait for the server's acknowledgement.
@@ -265,6 +276,9 @@ pub(crate) struct Active {
     pub id: Option<String>,
     pub inbound: Arc<Inbound>,
     pub outbound: Outbound,
+    /// Messages sent again from the previous stream and still waiting: the caller's own retry
+    /// of one of them joins it instead of going out twice.
+    pub carried: std::collections::HashSet<String>,
 }
 
 #[cfg(test)]
@@ -317,7 +331,7 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             out.unacked.push_back(Unacked {
                 xml: format!("<m{i}/>"),
-                confirm: Some(tx),
+                confirm: vec![tx],
             });
             rxs.push(rx);
         }
@@ -327,7 +341,8 @@ mod tests {
         assert!(rxs[2].try_recv().is_err());
         assert_eq!(out.ack(2), Ok(0), "the same h again confirms nothing");
         assert_eq!(out.ack(5), Err(AckError { acked: 5, sent: 3 }));
-        assert_eq!(out.unacked.len(), 1);
+        assert!(out.unacked.is_empty());
+        assert_eq!(out.acked, 5);
     }
 
     #[test]

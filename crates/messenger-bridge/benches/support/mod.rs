@@ -105,19 +105,29 @@ pub fn reset_peak_rss(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }
 
-/// A release bridge on the stack with alice (Messenger host) linked to a fresh Matrix user.
+/// A release bridge on the stack with alice linked to a fresh Matrix user: on the Messenger host
+/// (OAuth tokens), or on the standard host (password, carbons, archive, stream management).
 pub struct BenchBridge {
     pub process: tokio::process::Child,
     pub pid: u32,
     pub dir: std::path::PathBuf,
     pub matrix: std::sync::Arc<Matrix>,
     pub user_id: String,
+    /// alice's domain.
+    pub domain: String,
+    bin: String,
+    config: std::path::PathBuf,
 }
 
 impl BenchBridge {
-    /// Starts it with `bridge_extra` added to the `bridge:` section (YAML flow items, e.g.
-    /// `media_from_private_addresses: true`).
+    /// Starts it on the Messenger host with `bridge_extra` added to the `bridge:` section (YAML
+    /// flow items, e.g. `media_from_private_addresses: true`).
     pub async fn start(env: &testkit::StackEnv, bridge_extra: &str) -> Self {
+        Self::start_on(env, bridge_extra, false).await
+    }
+
+    /// Like [`BenchBridge::start`]; `standard`: on the stack's standard XMPP host.
+    pub async fn start_on(env: &testkit::StackEnv, bridge_extra: &str, standard: bool) -> Self {
         use serde_json::json;
         let bin = std::env::var("MESSENGER_BRIDGE_BIN").unwrap_or_else(|_| {
             testkit::repo_root()
@@ -140,12 +150,17 @@ impl BenchBridge {
         )
         .unwrap();
         let config = dir.join("config.yaml");
+        let (profile, domain) = if standard {
+            ("standard", env.get("XMPP_STANDARD_DOMAIN"))
+        } else {
+            ("messenger", env.get("XMPP_MESSENGER_DOMAIN"))
+        };
         std::fs::write(&config, format!(
             "homeserver: {{url: \"{}\", server_name: \"{}\"}}\nappservice: {{listen: \"127.0.0.1:29317\", registration: \"{}\"}}\n\
-             xmpp: {{profile: messenger, domain: \"{}\", host: \"{}\", port: {}, ca_file: \"{}\"}}\n\
+             xmpp: {{profile: {profile}, domain: \"{domain}\", host: \"{}\", port: {}, ca_file: \"{}\"}}\n\
              oauth: {{authorize_url: \"{}\", token_url: \"{}\", client_id: \"{}\", client_secret: \"{}\", redirect_url: \"{}\"}}\n\
              database: {{url: \"sqlite://{}/bridge.db\", encryption_key: \"{}\"}}\nbridge: {{permissions: {{\"{}\": user}}, {bridge_extra}}}\nlogging: {{filter: warn}}\n",
-            env.get("SYNAPSE_URL"), env.get("MATRIX_SERVER_NAME"), env.get("AS_REGISTRATION"), env.get("XMPP_MESSENGER_DOMAIN"), env.get("XMPP_HOST"),
+            env.get("SYNAPSE_URL"), env.get("MATRIX_SERVER_NAME"), env.get("AS_REGISTRATION"), env.get("XMPP_HOST"),
             env.get("XMPP_PORT"), env.get("XMPP_CA_FILE"), env.get("OAUTH_AUTHORIZE_URL"), env.get("OAUTH_TOKEN_URL"), env.get("OAUTH_CLIENT_ID"),
             env.get("OAUTH_CLIENT_SECRET"), env.get("OAUTH_REDIRECT_URI"), dir.display(), key.trim(), env.get("MATRIX_SERVER_NAME"),
         )).unwrap();
@@ -162,7 +177,11 @@ impl BenchBridge {
             token: login["access_token"].as_str().unwrap().to_owned(),
         });
         let user_id = login["user_id"].as_str().unwrap().to_owned();
-        let tokens = testkit::bridge_tokens_json(env, "alice").await;
+        let tokens = if standard {
+            json!({"password": "alicepass"}).to_string()
+        } else {
+            testkit::bridge_tokens_json(env, "alice").await
+        };
         let mut link = tokio::process::Command::new(&bin)
             .arg("-c")
             .arg(&config)
@@ -171,7 +190,7 @@ impl BenchBridge {
                 "--user",
                 &user_id,
                 "--jid",
-                &format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN")),
+                &format!("alice@{domain}"),
             ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -182,19 +201,39 @@ impl BenchBridge {
             .unwrap();
         drop(link.stdin.take());
         assert!(link.wait().await.unwrap().success());
-        let process = tokio::process::Command::new(&bin)
+        let process = Self::spawn(&bin, &config, &dir).await;
+        Self {
+            pid: process.id().unwrap(),
+            process,
+            dir,
+            matrix,
+            user_id,
+            domain: domain.to_owned(),
+            bin,
+            config,
+        }
+    }
+
+    async fn spawn(
+        bin: &str,
+        config: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("bridge.log"))
+            .unwrap();
+        let process = tokio::process::Command::new(bin)
             .arg("-c")
-            .arg(&config)
+            .arg(config)
             .arg("run")
             .kill_on_drop(true)
-            .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
-        let pid = process.id().unwrap();
         for _ in 0..200 {
-            if http
-                .get("http://127.0.0.1:29317/health")
-                .send()
+            if reqwest::get("http://127.0.0.1:29317/health")
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
@@ -202,13 +241,47 @@ impl BenchBridge {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Self {
-            process,
-            pid,
-            dir,
-            matrix,
-            user_id,
+        process
+    }
+
+    /// Stops it gracefully (SIGTERM) and waits for it.
+    pub async fn stop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = self.process.wait().await;
+    }
+
+    /// Starts it again with the same configuration and database.
+    pub async fn restart(&mut self) {
+        self.process = Self::spawn(&self.bin, &self.config, &self.dir).await;
+        self.pid = self.process.id().unwrap();
+    }
+
+    /// Waits until its XMPP sessions logged in `n` times in all.
+    pub async fn wait_logged_in(&self, n: u64) {
+        for _ in 0..300 {
+            let text = reqwest::get("http://127.0.0.1:29317/metrics")
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap_or_default();
+            let logins: u64 = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("messenger_bridge_xmpp_logins_total ")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            if logins >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+        panic!("the bridge did not log in to XMPP in 30 s");
     }
 
     /// Has `bob` write to alice, joins the portal the bridge opens; its room id.
@@ -218,7 +291,8 @@ impl BenchBridge {
         bob: &mut testkit::XmppContact,
     ) -> String {
         use serde_json::json;
-        let alice = format!("alice@{}", env.get("XMPP_MESSENGER_DOMAIN"));
+        let _ = env;
+        let alice = format!("alice@{}", self.domain);
         bob.send_chat(&alice, Some("open"), None).await;
         loop {
             let sync = self
