@@ -512,3 +512,77 @@ async fn formatting_becomes_styling_and_back() {
     bob.quit().await;
     bridge.stop().await;
 }
+
+/// On a standard server, a contact whose client announces its capabilities (XEP-0115) without
+/// corrections, replies and reactions gets their text fallbacks, as on the Messenger profile:
+/// the bridge asks that client once what it supports (disco#info about its `node#ver`).
+#[tokio::test]
+async fn a_contact_whose_client_lacks_the_xeps_gets_the_text_fallbacks() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "oldclient").await;
+    let mut bob = XmppContact::start_announcing_caps(&env, "bob", ContactLogin::Standard).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob, false).await;
+    let log = bridge.dir.join("bridge.log");
+    let deadline = tokio::time::Instant::now() + T;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("a contact's client capabilities")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge never learned bob's client capabilities\n{}",
+            bridge.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let ghost = ghost_of(&env, "bob");
+    let tag = unique("old");
+
+    let m1 = user
+        .send_json(&room, "m.room.message", text(&format!("{tag} typo")))
+        .await;
+    message_with_body(&mut bob, &format!("{tag} typo")).await;
+    user.send_json(
+        &room,
+        "m.room.message",
+        edit_of(&m1, &format!("{tag} fixed")),
+    )
+    .await;
+    let edit = message_with_body(&mut bob, &format!("✎ {tag} fixed")).await;
+    assert!(
+        edit["replace"].is_null(),
+        "no XEP-0308 for this client: {edit}"
+    );
+
+    bob.send_chat(&alice(&env), Some(&format!("{tag} question")), None)
+        .await;
+    let q_event = user
+        .wait_event(&room, "the contact's question", |e| {
+            e["sender"] == ghost.as_str() && e["content"]["body"] == format!("{tag} question")
+        })
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    user.send_json(
+        &room,
+        "m.room.message",
+        reply_to(&q_event, &format!("{tag} answer")),
+    )
+    .await;
+    let answer = message_with_body(&mut bob, &format!("> {tag} question\n{tag} answer")).await;
+    assert!(
+        answer["reply"].is_null(),
+        "no XEP-0461 for this client: {answer}"
+    );
+    user.send_json(&room, "m.reaction", reaction_to(&q_event, "👍"))
+        .await;
+    let reacted = message_with_body(&mut bob, &format!("reacted 👍 to “{tag} question”")).await;
+    assert!(
+        reacted["reactions"].is_null(),
+        "no XEP-0444 for this client: {reacted}"
+    );
+    bob.quit().await;
+    bridge.stop().await;
+}

@@ -61,6 +61,10 @@ class Contact(slixmpp.ClientXMPP):
         self.photo_hash: str | None = None
         for plugin in ("xep_0030", "xep_0054", "xep_0085", "xep_0203", "xep_0199"):
             self.register_plugin(plugin)
+        if args.caps:
+            # XEP-0115: presences carry the client's capabilities, which list none of the
+            # rich-message XEPs (this peer reads them raw): a client without them.
+            self.register_plugin("xep_0115")
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("failed_auth", lambda _: self.fail("authentication failed"))
         self.add_event_handler("disconnected", lambda _: emit({"event": "disconnected"}))
@@ -79,6 +83,9 @@ class Contact(slixmpp.ClientXMPP):
 
     async def on_start(self, _event) -> None:
         await self.get_roster()
+        if "xep_0115" in self.plugin:
+            # The first presence carries the capabilities only once they are computed.
+            await self.plugin["xep_0115"].update_caps(broadcast=False)
         if self.send_presence_on_start:
             self.send_presence()
         emit({"event": "ready", "jid": str(self.boundjid)})
@@ -200,6 +207,7 @@ async def main() -> int:
     parser.add_argument("--port", type=int, default=5222)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--no-presence", action="store_true")
+    parser.add_argument("--caps", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     /// `account|contact` pairs whose new portal's history was read from the archive in this
     /// process (once is enough; a second time would only be dropped as duplicates).
     pub(crate) backfilled: Mutex<HashSet<String>>,
+    /// What contacts' clients support (XEP-0115).
+    pub(crate) client_caps: Mutex<crate::client_caps::ClientCaps>,
     /// `room|ghost` of the user's own ghosts known to be in a portal.
     pub(crate) own_ghost_joined: Mutex<HashSet<String>>,
     /// The task handling XMPP events; it ends after the session manager's shutdown.
@@ -188,6 +190,7 @@ impl Bridge {
                 archive_caught_up: Mutex::default(),
                 archive_accounts: Mutex::default(),
                 backfilled: Mutex::default(),
+                client_caps: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),

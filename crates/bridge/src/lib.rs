@@ -8,6 +8,7 @@
 //! each, a file per kind of event), `portals`, `ghosts`, `sessions`, `notices`, `commands` and
 //! `linking`. The rules are plain functions in [`mapping`] and [`ghost`].
 
+mod client_caps;
 mod commands;
 pub mod config;
 mod context;

@@ -216,6 +216,22 @@ impl XmppContact {
         login: ContactLogin,
         presence: bool,
     ) -> Self {
+        Self::spawn(env, user, login, presence, false).await
+    }
+
+    /// Like [`XmppContact::start`], announcing its client's capabilities (XEP-0115), which
+    /// list none of the rich-message XEPs: an older client.
+    pub async fn start_announcing_caps(env: &StackEnv, user: &str, login: ContactLogin) -> Self {
+        Self::spawn(env, user, login, true, true).await
+    }
+
+    async fn spawn(
+        env: &StackEnv,
+        user: &str,
+        login: ContactLogin,
+        presence: bool,
+        caps: bool,
+    ) -> Self {
         let mut cmd = Command::new(env.python());
         let (host, port, ca) = match login {
             ContactLogin::Ejabberd => ("EJABBERD_HOST", "EJABBERD_PORT", "EJABBERD_CA_FILE"),
@@ -248,6 +264,9 @@ impl XmppContact {
         }
         if !presence {
             cmd.arg("--no-presence");
+        }
+        if caps {
+            cmd.arg("--caps");
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())

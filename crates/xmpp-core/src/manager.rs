@@ -398,6 +398,25 @@ impl SessionManager {
         self.connected(account)?.archive_with(with, max).await
     }
 
+    /// What a contact's client supports (XEP-0030 features), asked of its full JID about the
+    /// `node#ver` its presence announced (XEP-0115).
+    pub async fn client_features(
+        &self,
+        account: &str,
+        client: &Jid,
+        node: &str,
+    ) -> Result<Vec<String>, IqError> {
+        let handle = self.connected(account)?;
+        let answer = handle
+            .iq(Iq::get(
+                "",
+                Some(client.clone()),
+                disco::info_query_node(node),
+            ))
+            .await?;
+        Ok(disco::features(answer.payload.as_ref()))
+    }
+
     /// Fetches a contact's vCard (XEP-0054). No vCard is an empty one.
     pub async fn vcard(&self, account: &str, contact: &Jid) -> Result<VCard, IqError> {
         let handle = self.connected(account)?;

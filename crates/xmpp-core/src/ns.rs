@@ -30,6 +30,8 @@ pub const VCARD: &str = "vcard-temp";
 pub const PING: &str = "urn:xmpp:ping";
 /// XEP-0172 user nickname.
 pub const NICK: &str = "http://jabber.org/protocol/nick";
+/// XEP-0115 entity capabilities.
+pub const CAPS: &str = "http://jabber.org/protocol/caps";
 /// XEP-0198 stream management.
 pub const SM: &str = "urn:xmpp:sm:3";
 /// XEP-0030 service discovery (information).

@@ -24,6 +24,12 @@ impl Bridge {
             PresenceType::Available | PresenceType::Unavailable => {}
             _ => return,
         }
+        if let (PresenceType::Available, Some(client), Some(node)) =
+            (p.kind, p.from.as_ref(), p.caps.as_deref())
+            && client.resource().is_some()
+        {
+            self.note_client_caps(account, client, node);
+        }
         // Our own other resources are not contacts.
         if self
             .inner

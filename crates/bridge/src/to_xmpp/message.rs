@@ -72,7 +72,10 @@ pub(super) async fn on_message(
     if is_edit {
         let target = relates["event_id"].as_str().unwrap_or("");
         // Only the user's own messages, and never a reaction sent as text.
-        if standard && sent_by(bridge, room_id, target, sender).await? {
+        if standard
+            && bridge.client_supports(sender, &contact, ns::CORRECT)
+            && sent_by(bridge, room_id, target, sender).await?
+        {
             replace = stanza_of(bridge, room_id, target)
                 .await?
                 .filter(|id| !id.starts_with(mapping::REACTION_ID_PREFIX));
@@ -90,7 +93,7 @@ pub(super) async fn on_message(
             fallback_len = line.chars().count();
             text = format!("{line}{text}");
         }
-        if standard {
+        if standard && bridge.client_supports(sender, &contact, ns::REPLY) {
             // XEP-0461 `to` names the author: the contact, or left out for the user's own.
             let to = quoted
                 .as_ref()

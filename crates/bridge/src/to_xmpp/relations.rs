@@ -54,11 +54,12 @@ pub(super) async fn on_reaction(
     let event_id = event["event_id"].as_str().unwrap_or("");
     let id = format!("mx{}", short_hash(event_id));
     let stanza = stanza_of(bridge, room, target).await?;
+    let capable = bridge.client_supports(sender, &contact, ns::REACTIONS);
     let mut message = Message::chat(contact, "");
     message.id = Some(id.clone());
     message.origin_id = Some(id);
     match stanza.as_deref() {
-        Some(reacted) if speaks_relations(bridge, sender).await => {
+        Some(reacted) if capable && speaks_relations(bridge, sender).await => {
             let mut keys = reactions_of(bridge, sender, room, target).await?;
             if !keys.iter().any(|k| k == key) {
                 // This very reaction, even if the homeserver does not list it yet.
@@ -145,7 +146,8 @@ pub(super) async fn on_redaction(
         tracing::debug!(room, redacted, "a redaction of nothing the bridge sent");
         return Ok(None);
     };
-    let standard = speaks_relations(bridge, sender).await;
+    let standard = speaks_relations(bridge, sender).await
+        && bridge.client_supports(sender, &contact, ns::RETRACT);
     let event_id = event["event_id"].as_str().unwrap_or("");
     let id = format!("mx{}", short_hash(event_id));
     let mut message = Message::chat(contact, "");

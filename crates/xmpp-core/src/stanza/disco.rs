@@ -15,6 +15,11 @@ pub fn info_query() -> Element {
     Element::new("query", ns::DISCO_INFO)
 }
 
+/// The payload of a disco#info request about a node (XEP-0115: `node#ver`).
+pub fn info_query_node(node: &str) -> Element {
+    Element::new("query", ns::DISCO_INFO).with_attr("node", node.to_owned())
+}
+
 /// The `var`s of the features in a disco#info answer (empty when it is not one).
 pub fn features(payload: Option<&Element>) -> Vec<String> {
     payload

@@ -124,6 +124,9 @@ pub struct Presence {
     pub nick: Option<String>,
     /// XEP-0153 SHA-1 of the vCard photo, when the sender advertises one (empty = no photo).
     pub photo_hash: Option<String>,
+    /// XEP-0115 capabilities: `node#ver`, what to ask the sender's disco#info about (its
+    /// features are the same for every presence with the same string).
+    pub caps: Option<String>,
     /// The error, for `type='error'`.
     pub error: Option<StanzaError>,
 }
@@ -141,6 +144,7 @@ impl Presence {
             priority: 0,
             nick: None,
             photo_hash: None,
+            caps: None,
             error: None,
         }
     }
@@ -192,6 +196,11 @@ impl Presence {
                 .child("x", VCARD_UPDATE_NS)
                 .and_then(|x| x.child("photo", VCARD_UPDATE_NS))
                 .map(|h| h.text_ref().trim().to_lowercase()),
+            caps: el
+                .child("c", ns::CAPS)
+                .and_then(|c| Some((c.attr("node")?, c.attr("ver")?)))
+                .filter(|(node, ver)| node.len() + ver.len() <= 512 && !ver.is_empty())
+                .map(|(node, ver)| format!("{node}#{ver}")),
             error: if kind == PresenceType::Error {
                 StanzaError::from_children(el)
             } else {
@@ -259,6 +268,21 @@ mod tests {
         assert_eq!(p.status.as_deref(), Some("busy"));
         assert_eq!(p.priority, -5);
         assert_eq!(p.photo_hash.as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn entity_capabilities_give_the_node_to_ask_about() {
+        let p = parse(
+            "<presence from='bob@x/phone'><c xmlns='http://jabber.org/protocol/caps' \
+             hash='sha-1' node='https://dino.im' ver='QgayPKawpkPSDYmwT/WM94uAlu0='/></presence>",
+        )
+        .unwrap();
+        assert_eq!(
+            p.caps.as_deref(),
+            Some("https://dino.im#QgayPKawpkPSDYmwT/WM94uAlu0=")
+        );
+        let p = parse("<presence from='bob@x/phone'><c xmlns='http://jabber.org/protocol/caps' node='n'/></presence>").unwrap();
+        assert_eq!(p.caps, None, "no ver, nothing to ask about");
     }
 
     #[test]
