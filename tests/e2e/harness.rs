@@ -90,7 +90,7 @@ impl TestBridge {
              xmpp:\n  profile: messenger\n  domain: {domain}\n  host: {host}\n  port: {port}\n  ca_file: {ca}\n  keepalive_secs: 30\n\
              oauth:\n  authorize_url: {authz}\n  token_url: {token}\n  revoke_url: {revoke}\n  device_url: {device}\n  client_id: {cid}\n  client_secret: {secret}\n  redirect_url: {redirect}\n\
              database:\n  url: {db_url}\n  encryption_key: {key}\n\
-             bridge:\n  permissions:\n    \"*\": none\n    {server}: user\n    \"@outsider:{server}\": none\n  state_notice_delay_secs: 3\n  max_message_bytes: 4000\n\
+             bridge:\n  permissions:\n    \"*\": none\n    {server}: user\n    \"@outsider:{server}\": none\n  state_notice_delay_secs: 3\n  max_message_bytes: 4000\n  backfill_messages: 0\n\
              logging:\n  filter: info,bridge=debug,xmpp_core=info\n",
             hs = env.get("SYNAPSE_URL"),
             server = env.get("MATRIX_SERVER_NAME"),

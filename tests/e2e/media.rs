@@ -280,3 +280,49 @@ async fn on_the_messenger_profile_a_file_is_a_plain_link() {
     bob.quit().await;
     bridge.stop().await;
 }
+
+/// Where the user's server offers XEP-0363 (the stack's Prosody: an HTTP file share on
+/// loopback, allowed here by `media_from_private_addresses`), a Matrix file is put there and
+/// the contact gets the server's own link, with the same bytes, as from any XMPP client.
+#[tokio::test]
+async fn a_matrix_file_goes_to_the_users_own_server_when_it_offers_upload() {
+    let _serial = serial().await;
+    let env = StackEnv::load();
+    let user = MatrixUser::new(&env, "upload").await;
+    let mut bob = XmppContact::start(&env, "bob", ContactLogin::Standard).await;
+    let (mut bridge, room) = standard_portal_with_bob(&env, &user, &mut bob, false).await;
+    bridge.stop().await;
+    bridge.configure("media_from_private_addresses", "true");
+    bridge.start().await;
+    wait_logged_in(&bridge, 1).await;
+
+    let picture = png(200 * 1024);
+    let mxc = upload(&user, picture.clone(), "image/png").await;
+    user.send_json(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.image", "body": "dog.png", "url": mxc, "info": {"mimetype": "image/png", "size": picture.len()}}),
+    )
+    .await;
+    let share = format!("http://127.0.0.1:{}/file_share/", env.get("XMPP_HTTP_PORT"));
+    let got = bob
+        .wait_for(T, |e| {
+            e["event"] == "message" && e["body"].as_str().is_some_and(|b| b.contains("dog.png"))
+        })
+        .await;
+    let link = got["body"].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&share),
+        "the server's share, not the bridge's link: {link}\n{}",
+        bridge.log_tail()
+    );
+    assert_eq!(got["oob"], link.as_str(), "XEP-0066 names it: {got}");
+    let fetched = reqwest::get(&link).await.unwrap();
+    assert!(fetched.status().is_success(), "{}", fetched.status());
+    assert!(
+        fetched.bytes().await.unwrap().to_vec() == picture,
+        "the contact gets the same bytes"
+    );
+    bob.quit().await;
+    bridge.stop().await;
+}

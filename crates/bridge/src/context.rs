@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     pub(crate) backfilled: Mutex<HashSet<String>>,
     /// What contacts' clients support (XEP-0115).
     pub(crate) client_caps: Mutex<crate::client_caps::ClientCaps>,
+    /// The XEP-0363 upload service of each account's server, from discovery at its login.
+    pub(crate) upload_services: Mutex<HashMap<String, xmpp_core::stanza::UploadService>>,
     /// `room|ghost` of the user's own ghosts known to be in a portal.
     pub(crate) own_ghost_joined: Mutex<HashSet<String>>,
     /// The task handling XMPP events; it ends after the session manager's shutdown.
@@ -191,6 +193,7 @@ impl Bridge {
                 archive_accounts: Mutex::default(),
                 backfilled: Mutex::default(),
                 client_caps: Mutex::default(),
+                upload_services: Mutex::default(),
                 locks: Mutex::default(),
                 typing_in: Mutex::default(),
                 ghost_typing: Mutex::default(),

@@ -20,6 +20,7 @@ use tokio_rustls::rustls::ClientConfig;
 use crate::connection::{self, ConnectionConfig, FailureKind};
 use crate::jid::Jid;
 use crate::negotiation::NegotiationConfig;
+use crate::ns;
 use crate::profile::ServerProfile;
 use crate::sasl::{AuthIdentity, Credentials, Mechanism};
 use crate::session::{self, IqError, SessionEnd, SessionEvent, SessionHandle, SessionTimers};
@@ -398,6 +399,32 @@ impl SessionManager {
         self.connected(account)?.archive_with(with, max).await
     }
 
+    /// A slot on the user's server for a file (XEP-0363).
+    pub async fn upload_slot(
+        &self,
+        account: &str,
+        service: &Jid,
+        filename: &str,
+        size: u64,
+        content_type: &str,
+    ) -> Result<crate::stanza::Slot, IqError> {
+        let handle = self.connected(account)?;
+        let answer = handle
+            .iq(Iq::get(
+                "",
+                Some(service.clone()),
+                crate::stanza::upload::slot_request(filename, size, content_type),
+            ))
+            .await?;
+        crate::stanza::upload::parse_slot(answer.payload.as_ref()).ok_or_else(|| {
+            IqError::Error(crate::stanza::StanzaError {
+                kind: "modify".into(),
+                condition: "bad-request".into(),
+                text: Some("the upload service's answer has no usable slot".into()),
+            })
+        })
+    }
+
     /// What a contact's client supports (XEP-0030 features), asked of its full JID about the
     /// `node#ver` its presence announced (XEP-0115).
     pub async fn client_features(
@@ -740,14 +767,51 @@ async fn discover(handle: &SessionHandle, account: &str) -> ServerFeatures {
     };
     let server_features = info(Jid::parse(&server).ok()).await;
     let account_features = info(None).await;
-    let features = ServerFeatures::from_features(&server_features, &account_features);
+    let mut features = ServerFeatures::from_features(&server_features, &account_features);
+    features.upload = find_upload(handle, &server, account).await;
     tracing::info!(
         account,
         carbons = features.carbons,
         archive = features.archive,
+        upload = features.upload.as_ref().map(|u| u.jid.to_string()),
         "server features"
     );
     features
+}
+
+/// The server's XEP-0363 upload service, among its items (the first 20 asked).
+async fn find_upload(
+    handle: &SessionHandle,
+    server: &str,
+    account: &str,
+) -> Option<crate::stanza::UploadService> {
+    let items = handle
+        .iq(Iq::get("", Jid::parse(server).ok(), disco::items_query()))
+        .await
+        .map(|answer| disco::items(answer.payload.as_ref(), 20))
+        .unwrap_or_default();
+    for item in items {
+        match handle
+            .iq(Iq::get("", Some(item.clone()), disco::info_query()))
+            .await
+        {
+            Ok(answer)
+                if disco::features(answer.payload.as_ref())
+                    .iter()
+                    .any(|f| f == ns::HTTP_UPLOAD) =>
+            {
+                return Some(crate::stanza::UploadService {
+                    jid: item,
+                    max_size: crate::stanza::upload::max_size(answer.payload.as_ref()),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(account, item = %item, error = %e, "no discovery answer from a server item")
+            }
+        }
+    }
+    None
 }
 
 /// The most archive pages read in one catch-up; a larger gap is read on at the next login

@@ -34,6 +34,8 @@ pub const NICK: &str = "http://jabber.org/protocol/nick";
 pub const CAPS: &str = "http://jabber.org/protocol/caps";
 /// XEP-0198 stream management.
 pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0030 service discovery (items).
+pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 /// XEP-0030 service discovery (information).
 pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// XEP-0280 message carbons.

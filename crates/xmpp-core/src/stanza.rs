@@ -14,6 +14,7 @@ pub mod message;
 pub mod presence;
 pub mod relations;
 pub mod roster;
+pub mod upload;
 pub mod vcard;
 
 pub use chatstates::ChatState;
@@ -26,6 +27,7 @@ pub use message::{Message, MessageType};
 pub use presence::{Presence, PresenceType, Show};
 pub use relations::{Fallback, Reactions, Reply};
 pub use roster::{RosterItem, Subscription};
+pub use upload::{Slot, UploadService};
 pub use vcard::{Photo, VCard};
 
 use crate::jid::Jid;

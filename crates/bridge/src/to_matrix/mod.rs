@@ -176,6 +176,16 @@ impl Bridge {
                 } else {
                     accounts.remove(account);
                 }
+                drop(accounts);
+                let mut uploads = self
+                    .inner
+                    .upload_services
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match features.upload {
+                    Some(service) => uploads.insert(account.to_owned(), service),
+                    None => uploads.remove(account),
+                };
             }
             ManagerEvent::Session(SessionEvent::Presence(p)) => {
                 self.on_xmpp_presence(account, p).await;

@@ -110,9 +110,17 @@ pub(super) async fn on_message(
         false => mapping::split_text(text, max),
     };
     let mut parts = split(&text);
-    let link = file
-        .as_ref()
-        .map(|f| crate::media::link(bridge, &f.mxc, &f.mime, &f.name));
+    let link = match &file {
+        // XEP-0363 where the user's server offers it (not again for an edit of a file).
+        Some(f) if standard && !is_edit => Some(
+            match super::upload::to_users_server(bridge, sender, f).await {
+                Some(url) => url,
+                None => crate::media::link(bridge, &f.mxc, &f.mime, &f.name),
+            },
+        ),
+        Some(f) => Some(crate::media::link(bridge, &f.mxc, &f.mime, &f.name)),
+        None => None,
+    };
     if let Some(link) = &link {
         parts.insert(0, link.clone());
     }

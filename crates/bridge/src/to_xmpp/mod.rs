@@ -9,6 +9,7 @@ mod membership;
 mod message;
 mod record;
 mod relations;
+mod upload;
 
 pub(crate) use record::Source;
 

@@ -15,6 +15,25 @@ pub fn info_query() -> Element {
     Element::new("query", ns::DISCO_INFO)
 }
 
+/// The payload of a disco#items request.
+pub fn items_query() -> Element {
+    Element::new("query", ns::DISCO_ITEMS)
+}
+
+/// The JIDs in a disco#items answer (at most `max`).
+pub fn items(payload: Option<&Element>, max: usize) -> Vec<crate::jid::Jid> {
+    payload
+        .filter(|p| p.is("query", ns::DISCO_ITEMS))
+        .map(|q| {
+            q.children()
+                .filter(|c| c.is("item", ns::DISCO_ITEMS))
+                .filter_map(|c| crate::jid::Jid::parse(c.attr("jid")?).ok())
+                .take(max)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The payload of a disco#info request about a node (XEP-0115: `node#ver`).
 pub fn info_query_node(node: &str) -> Element {
     Element::new("query", ns::DISCO_INFO).with_attr("node", node.to_owned())
@@ -40,6 +59,8 @@ pub struct ServerFeatures {
     pub carbons: bool,
     /// XEP-0313 message archive of the account (offered on its bare JID).
     pub archive: bool,
+    /// XEP-0363 HTTP file upload (a service among the server's items).
+    pub upload: Option<super::UploadService>,
 }
 
 impl ServerFeatures {
@@ -48,6 +69,7 @@ impl ServerFeatures {
         Self {
             carbons: server.iter().any(|f| f == ns::CARBONS),
             archive: account.iter().chain(server).any(|f| f == ns::MAM),
+            upload: None,
         }
     }
 }
@@ -73,7 +95,8 @@ mod tests {
             ServerFeatures::from_features(&server, &account),
             ServerFeatures {
                 carbons: true,
-                archive: true
+                archive: true,
+                upload: None,
             }
         );
         assert_eq!(
