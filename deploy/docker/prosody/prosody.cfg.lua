@@ -17,8 +17,13 @@ local_interfaces = { "*" }
 c2s_ports = { 5222 }
 c2s_direct_tls_ports = { }
 s2s_ports = { }
-http_ports = { }
+-- HTTP for the standard host's file share (XEP-0363), inside the compose network only (not
+-- published): the bridge puts files there only with bridge.media_from_private_addresses.
+http_ports = { 5280 }
+http_interfaces = { "*" }
 https_ports = { }
+http_external_url = "http://prosody:5280/"
+http_default_host = "upload.xmpp.localhost"
 see_other_host_ports = { 5223 }
 see_other_host_target = "prosody:5222"
 
@@ -65,6 +70,12 @@ VirtualHost "xmpp.localhost"
 	disable_sasl_mechanisms = { "DIGEST-MD5" }
 	-- Message carbons (XEP-0280) and an archive of every conversation kept a week (XEP-0313),
 	-- as on today's servers; the Messenger host offers neither.
-	modules_enabled = { "carbons"; "mam" }
+	modules_enabled = { "carbons"; "mam"; "smacks" }
 	default_archive_policy = true
 	archive_expires_after = "1w"
+	smacks_hibernation_time = 300
+
+-- XEP-0363 HTTP file upload for the standard host.
+Component "upload.xmpp.localhost" "http_file_share"
+	http_file_share_size_limit = 200 * 1024 * 1024
+	http_file_share_expires_after = 7 * 86400
