@@ -56,15 +56,23 @@ pub(crate) async fn standard_portal_through(
     }
     bridge.link_with_password(&user.user_id, "alice").await;
     bridge.start().await;
-    // A contact's message before the login reaches only the user's other clients.
+    // A contact's message before the login reaches only the user's other clients: write once
+    // bob sees the bridge's session online.
     wait_logged_in(&bridge, 1).await;
+    let bridge_resource = format!("{}/messenger-bridge", server.jid(env, "alice"));
+    bob.wait_for(T, |e| {
+        e["event"] == "presence"
+            && e["from"] == bridge_resource.as_str()
+            && e["type"] == "available"
+    })
+    .await;
     let ghost = ghost_of(env, "bob");
     let hello = unique("open ");
     bob.send_chat(&server.jid(env, "alice"), Some(&hello), Some("active"))
         .await;
-    let room = user
-        .accept_invite_from(&ghost, T)
+    let room = tokio::time::timeout(T, user.accept_invite_from(&ghost, T + T))
         .await
+        .unwrap_or_else(|_| panic!("no portal within {T:?}\n{}", bridge.log_tail()))
         .room_id()
         .to_owned();
     user.wait_messages(&room, T, "portal opened", |m| {

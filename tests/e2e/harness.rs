@@ -91,7 +91,7 @@ impl TestBridge {
              oauth:\n  authorize_url: {authz}\n  token_url: {token}\n  revoke_url: {revoke}\n  device_url: {device}\n  client_id: {cid}\n  client_secret: {secret}\n  redirect_url: {redirect}\n\
              database:\n  url: {db_url}\n  encryption_key: {key}\n\
              bridge:\n  permissions:\n    \"*\": none\n    {server}: user\n    \"@outsider:{server}\": none\n  state_notice_delay_secs: 3\n  max_message_bytes: 4000\n  backfill_messages: 0\n\
-             logging:\n  filter: info,bridge=debug,xmpp_core=info\n",
+             logging:\n  filter: info,bridge=debug,xmpp_core=trace\n",
             hs = env.get("SYNAPSE_URL"),
             server = env.get("MATRIX_SERVER_NAME"),
             reg = env.get("AS_REGISTRATION"),
@@ -201,7 +201,7 @@ impl TestBridge {
     /// Logs everything of the bridge's own crates at `trace` (and the rest at `debug`).
     pub(crate) fn trace_logging(&self) {
         self.edit_config(
-            "filter: info,bridge=debug,xmpp_core=info",
+            "filter: info,bridge=debug,xmpp_core=trace",
             "filter: debug,bridge=trace,xmpp_core=trace,store=trace,messenger_bridge=trace",
         );
     }
