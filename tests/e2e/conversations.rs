@@ -546,6 +546,13 @@ async fn a_new_portal_opens_with_the_last_messages_of_the_conversation_from_the_
     bridge.link_with_password(&user.user_id, "alice").await;
     bridge.start().await;
     wait_logged_in(&bridge, 1).await;
+    let bridge_resource = format!("{}/messenger-bridge", server.jid(&env, "alice"));
+    bob.wait_for(T, |e| {
+        e["event"] == "presence"
+            && e["from"] == bridge_resource.as_str()
+            && e["type"] == "available"
+    })
+    .await;
     let opening = unique("hello again ");
     bob.send_chat(&server.jid(&env, "alice"), Some(&opening), None)
         .await;

@@ -619,8 +619,18 @@ impl SessionManager {
                             let features = discover(&handle, key).await;
                             self.emit(key, ManagerEvent::Features(features.clone()))
                                 .await;
-                            // Before carbons and the initial presence: no live message arrives
-                            // until then (RFC 6121 §4.7.2), so the archive's come first, in order.
+                            // Carbons first: a message the user's other clients get while the
+                            // archive is read comes as a carbon (a duplicate of an archived one is
+                            // dropped by its dedupe key); enabled after the catch-up, one arriving
+                            // between its last page and the carbons would reach only the phone,
+                            // and the next live message would move the cursor past it.
+                            if features.carbons
+                                && let Err(e) = handle.iq(Iq::set("", None, enable_carbons())).await
+                            {
+                                tracing::warn!(account = key, error = %e, "the server offers carbons but did not enable them");
+                            }
+                            // Before the initial presence: no message to the bare JID is routed
+                            // here until then (RFC 6121 §4.7.2), so the archive's come first.
                             if features.archive {
                                 let complete = match credentials.archive_cursor(key).await {
                                     Some(cursor) => catch_up(&handle, key, cursor).await,
@@ -628,11 +638,6 @@ impl SessionManager {
                                     None => true,
                                 };
                                 self.emit(key, ManagerEvent::CaughtUp { complete }).await;
-                            }
-                            if features.carbons
-                                && let Err(e) = handle.iq(Iq::set("", None, enable_carbons())).await
-                            {
-                                tracing::warn!(account = key, error = %e, "the server offers carbons but did not enable them");
                             }
                         }
                         let _ = handle.send(&presence.to_element()).await;
