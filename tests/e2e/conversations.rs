@@ -58,14 +58,7 @@ pub(crate) async fn standard_portal_through(
     bridge.start().await;
     // A contact's message before the login reaches only the user's other clients: write once
     // bob sees the bridge's session online.
-    wait_logged_in(&bridge, 1).await;
-    let bridge_resource = format!("{}/messenger-bridge", server.jid(env, "alice"));
-    bob.wait_for(T, |e| {
-        e["event"] == "presence"
-            && e["from"] == bridge_resource.as_str()
-            && e["type"] == "available"
-    })
-    .await;
+    wait_until_online(env, &bridge, bob, server).await;
     let ghost = ghost_of(env, "bob");
     let hello = unique("open ");
     bob.send_chat(&server.jid(env, "alice"), Some(&hello), Some("active"))
@@ -125,6 +118,25 @@ impl Server {
             Self::Ejabberd => bridge.use_ejabberd(),
         }
     }
+}
+
+/// Waits until the contact sees the bridge's session online (its initial presence): before
+/// that, what the contact writes reaches only the user's other clients. The login count rises
+/// earlier, at the bind.
+async fn wait_until_online(
+    env: &StackEnv,
+    bridge: &TestBridge,
+    bob: &mut XmppContact,
+    server: Server,
+) {
+    wait_logged_in(bridge, 1).await;
+    let bridge_resource = format!("{}/messenger-bridge", server.jid(env, "alice"));
+    bob.wait_for(T, |e| {
+        e["event"] == "presence"
+            && e["from"] == bridge_resource.as_str()
+            && e["type"] == "available"
+    })
+    .await;
 }
 
 pub(crate) fn alice(env: &StackEnv) -> String {
@@ -545,14 +557,7 @@ async fn a_new_portal_opens_with_the_last_messages_of_the_conversation_from_the_
     bridge.edit_config("backfill_messages: 0", "backfill_messages: 5");
     bridge.link_with_password(&user.user_id, "alice").await;
     bridge.start().await;
-    wait_logged_in(&bridge, 1).await;
-    let bridge_resource = format!("{}/messenger-bridge", server.jid(&env, "alice"));
-    bob.wait_for(T, |e| {
-        e["event"] == "presence"
-            && e["from"] == bridge_resource.as_str()
-            && e["type"] == "available"
-    })
-    .await;
+    wait_until_online(&env, &bridge, &mut bob, server).await;
     let opening = unique("hello again ");
     bob.send_chat(&server.jid(&env, "alice"), Some(&opening), None)
         .await;

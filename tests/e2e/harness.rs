@@ -638,15 +638,8 @@ pub(crate) async fn wait_logged_in(bridge: &TestBridge, n: u64) {
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let text = bridge.metrics().await;
-        let logins: u64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("messenger_bridge_xmpp_logins_total ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0);
+        let logins =
+            testkit::metric_value(&text, "messenger_bridge_xmpp_logins_total").unwrap_or(0);
         if logins >= n {
             return;
         }
@@ -662,14 +655,7 @@ pub(crate) async fn wait_logged_in(bridge: &TestBridge, n: u64) {
 /// The value of one metric line (`name{labels}`) of the bridge's `/metrics`.
 pub(crate) async fn metric(bridge: &TestBridge, series: &str) -> u64 {
     let text = bridge.metrics().await;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+    testkit::metric_value(&text, series)
         .unwrap_or_else(|| panic!("{series} not in the metrics:\n{text}"))
 }
 

@@ -168,6 +168,17 @@ pub async fn register_matrix_user(env: &StackEnv, username: &str, password: &str
     );
 }
 
+/// The value of one series (`name` or `name{labels}`) in a Prometheus text page.
+pub fn metric_value(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// A token response for the bridge's own OAuth client, as JSON for `messenger-bridge link`.
 pub async fn bridge_tokens_json(env: &StackEnv, user: &str) -> String {
     bridge_tokens_json_for(env, user, "messenger-bridge").await

@@ -267,15 +267,8 @@ impl BenchBridge {
                 .text()
                 .await
                 .unwrap_or_default();
-            let logins: u64 = text
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("messenger_bridge_xmpp_logins_total ")?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0);
+            let logins =
+                testkit::metric_value(&text, "messenger_bridge_xmpp_logins_total").unwrap_or(0);
             if logins >= n {
                 return;
             }
